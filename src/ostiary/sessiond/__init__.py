@@ -1,0 +1,1 @@
+"""The session daemon: issues, validates and revokes API sessions, failing closed."""

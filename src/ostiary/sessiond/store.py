@@ -1,0 +1,194 @@
+"""The two Redis stores, behind bounded timeouts that turn every failure into a fail-closed fault.
+
+Session store (may evict): opaque session records ``ost:s:*``, session metadata ``ost:m:<sid>``,
+per-subject indexes ``ost:u:<subject hash>``. Revocation store (``noeviction``, AOF always):
+revoked sessions ``ost:r:s:<sid>``, subject revoke-all markers ``ost:r:u:<subject hash>`` and the
+``ost:revocations`` channel every daemon listens on. Every key is written with a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+
+from redis import exceptions as rexc
+
+from ..config import StoreSettings
+from ..faults import TokenFault
+from ..keys import b64url
+from .obs import Metrics
+
+T = TypeVar("T")
+CHANNEL = "ost:revocations"
+
+
+def subject_hash(sub: str) -> str:
+    return b64url(hashlib.sha256(b"ostiary/subject\x00" + sub.encode()).digest())[:32]
+
+
+def meta_key(sid: str) -> str:
+    return f"ost:m:{sid}"
+
+
+def subject_index_key(subh: str) -> str:
+    return f"ost:u:{subh}"
+
+
+def revoked_session_key(sid: str) -> str:
+    return f"ost:r:s:{sid}"
+
+
+def revoked_subject_key(subh: str) -> str:
+    return f"ost:r:u:{subh}"
+
+
+class StoreFault(TokenFault):
+    pass
+
+
+def make_client(url: str, settings: StoreSettings, *, pool_size: int | None = None) -> aioredis.Redis:
+    """A RESP3 client with a blocking pool; credentials and TLS files from the settings."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.timeout,
+        "socket_connect_timeout": settings.timeout,
+        "max_connections": pool_size or settings.pool_size,
+        "timeout": settings.timeout,  # wait for a free pooled connection at most this long
+        "protocol": 3,
+        "decode_responses": False,
+    }
+    if settings.username and not urlsplit(url).username:
+        kwargs["username"] = settings.username
+    if settings.password_file:
+        kwargs["password"] = Path(settings.password_file).read_text().strip()
+    if url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        if settings.tls_ca_file:
+            kwargs["ssl_ca_certs"] = settings.tls_ca_file
+        if settings.tls_cert_file:
+            kwargs["ssl_certfile"] = settings.tls_cert_file
+            kwargs["ssl_keyfile"] = settings.tls_key_file or None
+        kwargs["ssl_min_version"] = ssl.TLSVersion.TLSv1_3
+    pool = aioredis.BlockingConnectionPool.from_url(url, **kwargs)
+    return aioredis.Redis(connection_pool=pool)
+
+
+class Stores:
+    def __init__(self, settings: StoreSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.sessions = make_client(settings.sessions_url, settings)
+        self.revocations = make_client(settings.revocations_url, settings)
+
+    async def close(self) -> None:
+        await self.sessions.aclose()
+        await self.revocations.aclose()
+
+    async def call(self, store: str, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one store operation within ``store.timeout``; map every failure to a 503 fault."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                result = await fn()
+        except (TimeoutError, rexc.TimeoutError) as exc:
+            self.metrics.store_errors.labels(store, "SESSION_STORE_LATENCY").inc()
+            raise StoreFault("SESSION_STORE_LATENCY", f"{store} store: no answer within "
+                             f"{self.settings.timeout}s") from exc  # fmt: skip
+        except (rexc.ConnectionError, OSError, rexc.ResponseError, rexc.RedisError) as exc:
+            self.metrics.store_errors.labels(store, "REDIS_CONN_REFUSED").inc()
+            raise StoreFault("REDIS_CONN_REFUSED", f"{store} store: {type(exc).__name__}: {exc}") from exc
+        self.metrics.store_seconds.labels(store, op).observe(time.perf_counter() - started)
+        return result
+
+    # --- session store -------------------------------------------------------------------------
+    async def put_opaque(self, key: str, blob: bytes, ttl: int) -> None:
+        await self.call("sessions", "set", lambda: self.sessions.set(key, blob, ex=max(ttl, 1)))
+
+    async def get_opaque(self, key: str) -> bytes | None:
+        value = await self.call("sessions", "get", lambda: self.sessions.get(key))
+        return value if isinstance(value, bytes) else None
+
+    async def delete_opaque(self, key: str) -> None:
+        await self.call("sessions", "del", lambda: self.sessions.delete(key))
+
+    async def put_meta(self, sid: str, subh: str, meta: bytes, ttl: int, index_ttl: int) -> None:
+        async def run() -> None:
+            pipe = self.sessions.pipeline(transaction=False)
+            pipe.set(meta_key(sid), meta, ex=max(ttl, 1))
+            pipe.sadd(subject_index_key(subh), sid)
+            pipe.expire(subject_index_key(subh), index_ttl)
+            await pipe.execute()
+
+        await self.call("sessions", "put_meta", run)
+
+    async def list_meta(self, subh: str) -> list[tuple[str, bytes]]:
+        async def run() -> list[tuple[str, bytes]]:
+            members = await self.sessions.smembers(subject_index_key(subh))
+            sids = sorted(s.decode() if isinstance(s, bytes) else str(s) for s in members)
+            if not sids:
+                return []
+            values = await self.sessions.mget([meta_key(s) for s in sids])
+            gone = [s for s, v in zip(sids, values, strict=True) if v is None]
+            if gone:
+                await self.sessions.srem(subject_index_key(subh), *gone)
+            return [(s, v) for s, v in zip(sids, values, strict=True) if isinstance(v, bytes)]
+
+        return await self.call("sessions", "list", run)
+
+    async def forget_session(self, sid: str, subh: str | None) -> None:
+        async def run() -> None:
+            pipe = self.sessions.pipeline(transaction=False)
+            pipe.delete(meta_key(sid))
+            if subh:
+                pipe.srem(subject_index_key(subh), sid)
+            await pipe.execute()
+
+        await self.call("sessions", "forget", run)
+
+    async def get_meta(self, sid: str) -> bytes | None:
+        value = await self.call("sessions", "get", lambda: self.sessions.get(meta_key(sid)))
+        return value if isinstance(value, bytes) else None
+
+    # --- revocation store ----------------------------------------------------------------------
+    async def revocation_state(self, sid: str, subh: str) -> tuple[bool, float | None]:
+        """(session revoked?, subject revoke-all time or None) in one round trip."""
+        keys = [revoked_session_key(sid), revoked_subject_key(subh)]
+        values = await self.call("revocations", "mget", lambda: self.revocations.mget(keys))
+        sid_mark, sub_mark = values
+        return sid_mark is not None, float(sub_mark) if sub_mark is not None else None
+
+    async def revoke_session(self, sid: str, ttl: int) -> None:
+        async def run() -> None:
+            await self.revocations.set(revoked_session_key(sid), b"1", ex=max(ttl, 1))
+            await self.revocations.publish(CHANNEL, f"s {sid}")
+
+        await self.call("revocations", "revoke", run)
+
+    async def revoke_subject(self, subh: str, marker: int, ttl: int) -> None:
+        async def run() -> None:
+            await self.revocations.set(revoked_subject_key(subh), str(marker), ex=max(ttl, 1))
+            await self.revocations.publish(CHANNEL, f"u {subh} {marker}")
+
+        await self.call("revocations", "revoke_subject", run)
+
+    async def eviction_policy(self, store: str) -> str:
+        client = self.sessions if store == "sessions" else self.revocations
+        info: dict[str, Any] = await self.call(store, "info", lambda: client.info("memory"))
+        policy = info.get("maxmemory_policy", "")
+        return policy.decode() if isinstance(policy, bytes) else str(policy)
+
+    async def server_time(self, store: str) -> float:
+        client = self.sessions if store == "sessions" else self.revocations
+        secs, micros = await self.call(store, "time", lambda: client.time())
+        return float(secs) + float(micros) / 1e6
+
+    async def ping(self, store: str) -> None:
+        client = self.sessions if store == "sessions" else self.revocations
+        await self.call(store, "ping", lambda: client.ping())
