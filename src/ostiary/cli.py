@@ -17,6 +17,18 @@ def _passphrase(env: str) -> bytes | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .config import ConfigError, load_settings
+
+    try:
+        workers = load_settings(args.config).server.workers
+    except ConfigError as exc:
+        print(f"ostiary serve: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Must be set before prometheus_client is imported: each worker writes its own files.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ostiary-metrics-")
     from .sessiond.server import serve
 
     return serve(args.config)

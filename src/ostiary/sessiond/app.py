@@ -17,8 +17,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from prometheus_client import generate_latest
-
 from ..faults import TokenFault
 from .cache import Validated
 from .service import BadRequest, RequestContext, SessionService
@@ -124,7 +122,7 @@ class PublicApp:
                 await _json(send, 200 if all(c["ok"] for c in checks.values()) else 503, checks)
             elif path == "/metrics" and method == "GET":
                 await _send(send, 200, [(b"content-type", b"text/plain; version=0.0.4")],
-                            generate_latest(self.service.metrics.registry))  # fmt: skip
+                            self.service.metrics.exposition())  # fmt: skip
             elif path == "/oauth2/introspect":
                 await self.introspect(scope, receive, send)
             elif path == "/oauth2/revoke":

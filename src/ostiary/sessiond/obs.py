@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the _created series double the output and nobody graphs them
 
@@ -36,14 +36,26 @@ class Metrics:
         self.cache = Counter("ostiary_cache_lookups", "Validation cache lookups by outcome", ["outcome"],
                              registry=r)  # fmt: skip
         self.cache_enabled = Gauge("ostiary_cache_enabled", "1 while the revocation subscription is up",
-                                   registry=r)  # fmt: skip
-        self.cache_entries = Gauge("ostiary_cache_entries", "Entries in the validation cache", registry=r)
+                                   registry=r, multiprocess_mode="livemin")  # fmt: skip
+        self.cache_entries = Gauge("ostiary_cache_entries", "Entries in the validation cache", registry=r,
+                                   multiprocess_mode="livesum")  # fmt: skip
         self.hijack = Counter("ostiary_hijack_suspicions", "Requests whose User-Agent or address changed",
                               ["reason"], registry=r)  # fmt: skip
         self.issued = Counter("ostiary_sessions_issued", "Sessions issued", ["mode"], registry=r)
         self.revocations = Counter("ostiary_revocations", "Revocations by kind", ["kind"], registry=r)
-        self.keys_loaded = Gauge("ostiary_keys_loaded", "Keys loaded for verification", registry=r)
+        self.keys_loaded = Gauge("ostiary_keys_loaded", "Keys loaded for verification", registry=r,
+                                 multiprocess_mode="livemin")  # fmt: skip
         self.reloads = Counter("ostiary_reloads", "SIGHUP reloads by result", ["result"], registry=r)
+
+    def exposition(self) -> bytes:
+        """The text exposition: this process's registry, or every worker's when there are several."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
 
 def load_salt(path: str) -> tuple[bytes, bool]:

@@ -149,10 +149,14 @@ class Daemon:
         for server in self._servers:
             server.should_exit = True
 
-    async def run(self) -> None:
+    async def run(self, sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
+        """Serve until SIGTERM. ``sockets`` are pre-bound by a supervisor that owns them (workers > 1)."""
         await self.check_stores()
-        public_sock = bind(self.settings.server.listen, self.settings.server.socket_mode)
-        admin_sock = bind(self.settings.server.admin_listen, self.settings.server.socket_mode)
+        owns_sockets = sockets is None
+        if sockets is None:
+            sockets = (bind(self.settings.server.listen, self.settings.server.socket_mode),
+                       bind(self.settings.server.admin_listen, self.settings.server.socket_mode))  # fmt: skip
+        public_sock, admin_sock = sockets
         self.listener.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -183,28 +187,99 @@ class Daemon:
                 with contextlib.suppress(OSError):
                     sock.close()
             for address in (self.settings.server.listen, self.settings.server.admin_listen):
-                if address.startswith("unix:"):
+                if owns_sockets and address.startswith("unix:"):
                     with contextlib.suppress(OSError):
                         os.unlink(address[5:])
             self.log.info("stopped")
 
 
-def serve(config_path: Path | None) -> int:
-    """Entry point of ``ostiary serve``: exit 0 after a clean drain, 2 on a refused start."""
-    try:
-        settings = load_settings(config_path)
-        daemon = Daemon(config_path, settings)
-    except (ConfigError, StartupError) as exc:
-        print(f"ostiary serve: refusing to start: {exc}", file=sys.stderr)
-        return 2
+def _run_worker(config_path: Path | None, settings: Settings,
+                sockets: tuple[socket.socket, socket.socket] | None) -> int:  # fmt: skip
     import uvloop
 
     try:
-        uvloop.run(daemon.run())
-    except StartupError as exc:
+        daemon = Daemon(config_path, settings)
+        uvloop.run(daemon.run(sockets))
+    except (ConfigError, StartupError) as exc:
         print(f"ostiary serve: refusing to start: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"ostiary serve: cannot listen: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _supervise(config_path: Path | None, settings: Settings) -> int:
+    """workers > 1: bind once, fork the workers, forward SIGHUP/SIGTERM, replace workers that crash."""
+    try:
+        sockets = (bind(settings.server.listen, settings.server.socket_mode),
+                   bind(settings.server.admin_listen, settings.server.socket_mode))  # fmt: skip
+    except (OSError, StartupError) as exc:
+        print(f"ostiary serve: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            os._exit(_run_worker(config_path, settings, sockets))
+        children.add(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+            signum = signal.SIGTERM
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    for _ in range(settings.server.workers):
+        spawn()
+    exit_code = 0
+    recent: list[float] = []
+    from prometheus_client import multiprocess
+
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        children.discard(pid)
+        with contextlib.suppress(Exception):
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        recent = [t for t in recent if time.monotonic() - t < 30] + [time.monotonic()]
+        if code == 2 or len(recent) > 3 * settings.server.workers:
+            print(f"ostiary serve: worker {pid} exited with {code}; stopping", file=sys.stderr)
+            exit_code = 2
+            forward(signal.SIGTERM, None)
+            continue
+        print(f"ostiary serve: worker {pid} exited with {code}; starting a new one", file=sys.stderr)
+        spawn()
+    for address in (settings.server.listen, settings.server.admin_listen):
+        if address.startswith("unix:"):
+            with contextlib.suppress(OSError):
+                os.unlink(address[5:])
+    return exit_code
+
+
+def serve(config_path: Path | None) -> int:
+    """Entry point of ``ostiary serve``: exit 0 after a clean drain, 2 on a refused start."""
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        print(f"ostiary serve: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    if settings.server.workers > 1:
+        return _supervise(config_path, settings)
+    return _run_worker(config_path, settings, None)
