@@ -108,6 +108,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab.cli import main as lab_main
+
+    code: int = lab_main(args.rest)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ostiary", description="Hardened API session layer")
     parser.add_argument("--version", action="version", version=f"ostiary {__version__}")
@@ -160,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="local hardened Redis pair + daemon: issue, validate, revoke")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("lab", help="the qemu VM lab: up | apply | check | down | status")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_lab)
     return parser
 
 
