@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -191,14 +193,28 @@ class SessionService:
         generation = self.cache.generation
         if "." in token:
             value = self._validate_jwt(token)
-            revoked, subject_mark = await self.stores.revocation_state(value.sid, value.subh)
+            if value.ip is None or value.ua_hash is None:
+                (revoked, subject_mark), value = await asyncio.gather(
+                    self.stores.revocation_state(value.sid, value.subh), self._first_seen(value, ctx))
+            else:
+                revoked, subject_mark = await self.stores.revocation_state(value.sid, value.subh)
         else:
             value, revoked, subject_mark = await self._validate_opaque(token)
+            if value.ip is None or value.ua_hash is None:
+                value = await self._first_seen(value, ctx)
         if revoked or (subject_mark is not None and value.issued_at < subject_mark):
             raise TokenFault("REVOKED", "session revoked")
         self._check_binding(value, ctx)
         self.cache.put(token, value, generation)
         return value
+
+    async def _first_seen(self, value: Validated, ctx: RequestContext) -> Validated:
+        """Sessions issued without an address or User-Agent are pinned to where they are first seen,
+        so that a later change is noticed. A store that cannot be asked fails the validation (closed)."""
+        mine = f"{ctx.ip or ''}|{ua_hash(ctx.user_agent) or ''}"
+        earlier = await self.stores.first_seen(value.sid, mine, int(value.expires_at - time.time()) + 1)
+        ip, _, uah = (earlier or mine).partition("|")
+        return dataclasses.replace(value, ip=value.ip or ip or None, ua_hash=value.ua_hash or uah or None)
 
     def _validate_jwt(self, token: str) -> Validated:
         claims = verify_jwt(token, self.keyring, self.policy)

@@ -152,6 +152,12 @@ class Stores:
 
         await self.call("sessions", "forget", run)
 
+    async def first_seen(self, sid: str, fingerprint: str, ttl: int) -> str | None:
+        """Record where a session was first seen (``SET NX GET``); return the earlier record, if any."""
+        value = await self.call("sessions", "seen", lambda: self.sessions.set(f"ost:seen:{sid}", fingerprint,
+                                                                               ex=max(ttl, 1), nx=True, get=True))
+        return value.decode() if isinstance(value, bytes) else None
+
     async def get_meta(self, sid: str) -> bytes | None:
         value = await self.call("sessions", "get", lambda: self.sessions.get(meta_key(sid)))
         return value if isinstance(value, bytes) else None
