@@ -1,0 +1,104 @@
+"""Measurements behind the dependency choices in docs/decisions.md.
+
+Run: .venv/bin/python bench/choices.py
+- HTTP server: uvicorn with httptools vs uvicorn with h11, a minimal ASGI answer, wrk on loopback.
+- Redis client: redis-py asyncio with hiredis vs its pure-Python RESP3 parser, sequential GETs.
+Everything runs on 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ostiary.localstack import find_free_port
+
+APP = '''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+'''
+
+
+def wrk(url: str, seconds: int = 5) -> float:
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", url], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(match.group(1)) if match else 0.0
+
+
+def http_servers(tmp: Path) -> list[tuple[str, float]]:
+    (tmp / "hello.py").write_text(APP)
+    results = []
+    for http in ("httptools", "h11"):
+        port = find_free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(tmp), "hello:app", "--port",
+                                 str(port), "--http", http, "--loop", "uvloop", "--no-access-log", "--log-level",
+                                 "warning"])  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/"], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
+            results.append((f"uvicorn + {http}, minimal ASGI answer (wrk -t2 -c32, 5 s)", wrk(f"http://127.0.0.1:{port}/")))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+    return results
+
+
+async def redis_gets(port: int, parser: str, n: int = 5000) -> float:
+    import redis.asyncio as aioredis
+    from redis._parsers import _AsyncHiredisParser, _AsyncRESP3Parser
+
+    cls = _AsyncHiredisParser if parser == "hiredis" else _AsyncRESP3Parser
+    pool = aioredis.ConnectionPool(port=port, protocol=3, parser_class=cls)
+    client = aioredis.Redis(connection_pool=pool)
+    await client.set("ost:bench", b"x" * 200)
+    for _ in range(200):
+        await client.get("ost:bench")
+    start = time.perf_counter()
+    for _ in range(n):
+        await client.get("ost:bench")
+    elapsed = time.perf_counter() - start
+    await client.aclose()
+    return elapsed / n * 1e6
+
+
+def redis_clients(tmp: Path) -> list[tuple[str, float]]:
+    port = find_free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        return [(f"redis-py asyncio GET round trip, {parser} parser (µs)", asyncio.run(redis_gets(port, parser)))
+                for parser in ("hiredis", "python")]  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def main() -> None:
+    if not shutil.which("wrk"):
+        sys.exit("wrk is missing: run scripts/setup.sh")
+    tmp = Path(tempfile.mkdtemp(prefix="ostiary-choices-"))
+    print(f"| measurement (nproc {os.cpu_count()}) | value |")
+    print("|---|---:|")
+    for name, value in http_servers(tmp) + redis_clients(tmp):
+        print(f"| {name} | {value:,.1f} |")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
