@@ -49,7 +49,7 @@ def idp() -> Idp:
 @pytest.fixture(scope="module")
 def jwks_server(idp: Idp) -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             idp.fetches += 1
             body = json.dumps(idp.jwks).encode()
             self.send_response(200)
@@ -96,7 +96,8 @@ def test_the_jwks_is_fetched_once_and_cached(oidc_daemons: dict[str, Daemon], id
     daemon = oidc_daemons["url"]
     before = idp.fetches
     for i in range(5):
-        assert daemon.admin("POST", "/v1/sessions/oidc", json={"id_token": idp.id_token(sub=f"c{i}")}).status_code == 201
+        answer = daemon.admin("POST", "/v1/sessions/oidc", json={"id_token": idp.id_token(sub=f"c{i}")})
+        assert answer.status_code == 201
     assert idp.fetches - before <= 1
 
 
