@@ -50,6 +50,9 @@ class ServerSettings(_Section):
     workers: int = Field(1, ge=1, le=256)
     socket_mode: str = "0660"
     drain_timeout: float = Field(10.0, ge=0, le=300)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
     _listen = field_validator("listen", "admin_listen")(_check_listen)
 
@@ -63,6 +66,16 @@ class ServerSettings(_Section):
         if mode & 0o007:
             raise ValueError("socket_mode must not give 'other' any access")
         return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if self.tls_cert_file and self.listen.startswith("unix:"):
+            raise ValueError("TLS applies to a TCP listen address, not a unix socket")
+        return self
 
 
 class TokenSettings(_Section):

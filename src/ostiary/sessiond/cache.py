@@ -32,7 +32,7 @@ class Validated:
     issued_at: float  # iat (JWT) or created_at (opaque): compared with subject revoke-all markers
     bind_cidr: str | None
     ua_hash: str | None
-    ip: str | None
+    ip_tag: str | None  # keyed hash of the address the session is pinned to (never the address)
     mode: str
 
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import stat
 import sys
 import time
@@ -87,7 +88,7 @@ class Daemon:
         self.stores = Stores(settings.store, self.metrics)
         self.cache = ValidationCache(settings.cache.ttl, settings.cache.max_entries, self.metrics)
         try:
-            self.service = SessionService(settings, self.stores, self.cache, self.metrics, self.log)
+            self.service = SessionService(settings, self.stores, self.cache, self.metrics, self.log, salt)
         except KeyFileError as exc:
             raise StartupError(str(exc)) from exc
         if settings.tokens.algorithm != self.service.keyring.active.alg:
@@ -132,6 +133,16 @@ class Daemon:
         checks["revocation_subscription"] = {"ok": self.cache.enabled or self.cache.ttl <= 0}
         return checks
 
+    def _tls_options(self) -> dict[str, Any]:
+        """Public API over TLS (a remote gateway), with client certificates required when a CA is set."""
+        server = self.settings.server
+        if not server.tls_cert_file:
+            return {}
+        options: dict[str, Any] = {"ssl_certfile": server.tls_cert_file, "ssl_keyfile": server.tls_key_file}
+        if server.tls_client_ca_file:
+            options |= {"ssl_ca_certs": server.tls_client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        return options
+
     def reload(self) -> None:
         try:
             settings = load_settings(self.config_path)
@@ -166,7 +177,11 @@ class Daemon:
         for app in (self.public, self.admin):
             config = uvicorn.Config(app, loop="none", http="httptools", lifespan="off", access_log=False,
                                     log_level="warning", timeout_graceful_shutdown=drain, server_header=False,
-                                    date_header=False, backlog=4096, timeout_keep_alive=75)  # fmt: skip
+                                    date_header=False, backlog=4096, timeout_keep_alive=75,
+                                    **(self._tls_options() if app is self.public else {}))  # fmt: skip
+            config.load()
+            if config.ssl is not None:
+                config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
             self._servers.append(_Server(config))
         tasks = [asyncio.create_task(s.serve(sockets=[sock]))
                  for s, sock in zip(self._servers, (public_sock, admin_sock), strict=True)]  # fmt: skip

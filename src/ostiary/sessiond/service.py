@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import hmac
 import ipaddress
 import json
 import math
@@ -14,6 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config import Settings
 from ..faults import TokenFault
@@ -76,10 +82,18 @@ def _check_cidr(value: object) -> str | None:
         raise BadRequest("invalid_bind_cidr", f"bind_cidr {value[:64]!r} is not a network") from exc
 
 
+def _derive(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
 class SessionService:
     def __init__(self, settings: Settings, stores: Stores, cache: ValidationCache, metrics: Metrics,
-                 log: AuditLog) -> None:  # fmt: skip
+                 log: AuditLog, secret: bytes) -> None:  # fmt: skip
         self.settings = settings
+        # Keys derived from the daemon secret shared by all session nodes (log.salt_file): listing
+        # metadata in the session store is sealed, first-seen addresses are stored as keyed hashes.
+        self._meta_aead = AESGCM(_derive(secret, b"ostiary/store/metadata v1"))
+        self._tag_key = _derive(secret, b"ostiary/store/address v1")
         self.stores = stores
         self.cache = cache
         self.metrics = metrics
@@ -170,11 +184,27 @@ class SessionService:
                                          self._opaque_ttl(record, now))  # fmt: skip
         meta = {"session_id": sid, "mode": mode, "created_at": int(now), "last_seen": int(now),
                 "expires_at": expires_at, "ip": ip, "user_agent": user_agent}  # fmt: skip
-        await self.stores.put_meta(sid, subh, json.dumps(meta).encode(), ttl, self.max_lifetime)
+        await self.stores.put_meta(sid, subh, self._seal_meta(sid, meta), ttl, self.max_lifetime)
         self.metrics.issued.labels(mode).inc()
         self.log.audit("issue", session=self.log.hid(sid), subject=self.log.hid(sub), mode=mode,
                        expires_at=expires_at, ip=ip)  # fmt: skip
         return Issued(token=token, session_id=sid, expires_at=expires_at)
+
+    def ip_tag(self, ip: str | None) -> str | None:
+        if not ip:
+            return None
+        return b64url(hmac.new(self._tag_key, ip.encode(), hashlib.sha256).digest())[:22]
+
+    def _seal_meta(self, sid: str, meta: dict[str, Any]) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._meta_aead.encrypt(nonce, json.dumps(meta).encode(), f"ost:m:{sid}".encode())
+
+    def _open_meta(self, sid: str, blob: bytes) -> dict[str, Any] | None:
+        try:
+            meta: dict[str, Any] = json.loads(self._meta_aead.decrypt(blob[:12], blob[12:], f"ost:m:{sid}".encode()))
+        except (InvalidTag, ValueError):
+            return None  # sealed by a daemon with another secret
+        return meta
 
     def _opaque_ttl(self, record: dict[str, Any], now: float) -> int:
         # Kept until the absolute end, but gone after twice the idle limit without use.
@@ -193,14 +223,14 @@ class SessionService:
         generation = self.cache.generation
         if "." in token:
             value = self._validate_jwt(token)
-            if value.ip is None or value.ua_hash is None:
+            if value.ip_tag is None or value.ua_hash is None:
                 (revoked, subject_mark), value = await asyncio.gather(
                     self.stores.revocation_state(value.sid, value.subh), self._first_seen(value, ctx))
             else:
                 revoked, subject_mark = await self.stores.revocation_state(value.sid, value.subh)
         else:
             value, revoked, subject_mark = await self._validate_opaque(token)
-            if value.ip is None or value.ua_hash is None:
+            if value.ip_tag is None or value.ua_hash is None:
                 value = await self._first_seen(value, ctx)
         if revoked or (subject_mark is not None and value.issued_at < subject_mark):
             raise TokenFault("REVOKED", "session revoked")
@@ -211,10 +241,10 @@ class SessionService:
     async def _first_seen(self, value: Validated, ctx: RequestContext) -> Validated:
         """Sessions issued without an address or User-Agent are pinned to where they are first seen,
         so that a later change is noticed. A store that cannot be asked fails the validation (closed)."""
-        mine = f"{ctx.ip or ''}|{ua_hash(ctx.user_agent) or ''}"
+        mine = f"{self.ip_tag(ctx.ip) or ''}|{ua_hash(ctx.user_agent) or ''}"
         earlier = await self.stores.first_seen(value.sid, mine, int(value.expires_at - time.time()) + 1)
-        ip, _, uah = (earlier or mine).partition("|")
-        return dataclasses.replace(value, ip=value.ip or ip or None, ua_hash=value.ua_hash or uah or None)
+        tag, _, uah = (earlier or mine).partition("|")
+        return dataclasses.replace(value, ip_tag=value.ip_tag or tag or None, ua_hash=value.ua_hash or uah or None)
 
     def _validate_jwt(self, token: str) -> Validated:
         claims = verify_jwt(token, self.keyring, self.policy)
@@ -223,7 +253,7 @@ class SessionService:
                          expires_at=int(claims["exp"]), issued_at=float(claims["iat"]),
                          bind_cidr=net if isinstance(net, str) else None,
                          ua_hash=claims.get("ost_uah") if isinstance(claims.get("ost_uah"), str) else None,
-                         ip=claims.get("ost_ip") if isinstance(claims.get("ost_ip"), str) else None,
+                         ip_tag=self.ip_tag(claims["ost_ip"]) if isinstance(claims.get("ost_ip"), str) else None,
                          mode="jwt")  # fmt: skip
 
     async def _validate_opaque(self, token: str) -> tuple[Validated, bool, float | None]:
@@ -244,7 +274,7 @@ class SessionService:
             raise TokenFault("SESSION_IDLE_TIMEOUT", "idle too long")
         value = Validated(sub=sub, sid=sid, subh=subh, expires_at=int(record["expires_at"]),
                           issued_at=float(record["created_at"]), bind_cidr=record.get("bind_cidr"),
-                          ua_hash=record.get("uah"), ip=record.get("ip"), mode="opaque")  # fmt: skip
+                          ua_hash=record.get("uah"), ip_tag=self.ip_tag(record.get("ip")), mode="opaque")  # fmt: skip
         if not revoked and now - record["last_seen"] >= min(LAST_SEEN_GRANULARITY,
                                                             self.settings.tokens.idle_timeout / 4):  # fmt: skip
             record["last_seen"] = now
@@ -255,7 +285,7 @@ class SessionService:
         if value.ua_hash is not None and ctx.user_agent is not None and ua_hash(ctx.user_agent) != value.ua_hash:
             self.metrics.hijack.labels("user_agent").inc()
             self.log.warning("hijack_suspicion", reason="user_agent", session=self.log.hid(value.sid))
-        if value.ip is not None and ctx.ip is not None and ctx.ip != value.ip:
+        if value.ip_tag is not None and ctx.ip is not None and self.ip_tag(ctx.ip) != value.ip_tag:
             self.metrics.hijack.labels("ip").inc()
             self.log.warning("hijack_suspicion", reason="ip", session=self.log.hid(value.sid), ip=ctx.ip)
         if value.bind_cidr is not None:
@@ -297,8 +327,10 @@ class SessionService:
         _, subject_mark = await self.stores.revocation_state("-", subh)
         out = []
         for sid, raw in entries:
-            meta = json.loads(raw)
-            if subject_mark is not None and meta["created_at"] < subject_mark:
+            meta = self._open_meta(sid, raw)
+            if meta is None:
+                meta = {"session_id": sid}
+            elif subject_mark is not None and meta["created_at"] < subject_mark:
                 continue
             revoked, _ = await self.stores.revocation_state(sid, subh)
             if revoked:

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-
 from redis import exceptions as rexc
 
 from ..config import StoreSettings

@@ -139,11 +139,11 @@ def verify_compact(token: str, key: VerifyKey) -> bytes:
 
 
 def _number(claims: dict[str, Any], name: str, required: bool) -> float | None:
-    value = claims.get(name)
-    if value is None:
+    if name not in claims:
         if required:
             raise TokenFault("MALFORMED", f"claim {name} missing")
         return None
+    value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenFault("MALFORMED", f"claim {name} is not a number")
     return float(value)
