@@ -52,6 +52,7 @@ def host_path(data: Any, path: str) -> str:
     prefix = str(getattr(data, "ostiary_root_prefix", "") or "")
     return prefix.rstrip("/") + path if prefix else path
 
+
 # TLS material on a managed host (issued by the control node's CA, see ostiary.keystore).
 TLS_CA_CERT: Final = f"{TLS_DIR}/ca.crt"
 GATEWAY_CERT: Final = f"{TLS_DIR}/gateway.crt"
@@ -65,6 +66,9 @@ SESSIOND_REDIS_CLIENT_KEY: Final = f"{TLS_DIR}/sessiond-redis-client.key"
 REDIS_SERVER_CERT: Final = f"{TLS_DIR}/redis.crt"
 REDIS_SERVER_KEY: Final = f"{TLS_DIR}/redis.key"
 SESSIOND_REDIS_PASSWORD_FILE: Final = f"{ETC_DIR}/redis-sessiond.password"
+# The daemon secret shared by every session node (config log.salt_file): log id hashes, sealed
+# listing metadata and first-seen address hashes are keyed from it.
+SESSIOND_SECRET_FILE: Final = f"{ETC_DIR}/log-salt"
 
 # Inventory groups and the per-host data key naming a host's address on the private network.
 GROUP_GATEWAYS: Final = "gateways"
