@@ -177,7 +177,7 @@ class Daemon:
         for app in (self.public, self.admin):
             config = uvicorn.Config(app, loop="none", http="httptools", lifespan="off", access_log=False,
                                     log_level="warning", timeout_graceful_shutdown=drain, server_header=False,
-                                    date_header=False, backlog=4096, timeout_keep_alive=75,
+                                    date_header=False, backlog=4096, timeout_keep_alive=75, proxy_headers=False,
                                     **(self._tls_options() if app is self.public else {}))  # fmt: skip
             config.load()
             if config.ssl is not None:

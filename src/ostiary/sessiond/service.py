@@ -94,6 +94,9 @@ class SessionService:
         # metadata in the session store is sealed, first-seen addresses are stored as keyed hashes.
         self._meta_aead = AESGCM(_derive(secret, b"ostiary/store/metadata v1"))
         self._tag_key = _derive(secret, b"ostiary/store/address v1")
+        # sid -> the session's first-seen "address tag|UA hash" as the store recorded it; it never
+        # changes, so each worker asks the store once per session, not on every validation.
+        self._first_seen_memo: dict[str, str] = {}
         self.stores = stores
         self.cache = cache
         self.metrics = metrics
@@ -241,9 +244,15 @@ class SessionService:
     async def _first_seen(self, value: Validated, ctx: RequestContext) -> Validated:
         """Sessions issued without an address or User-Agent are pinned to where they are first seen,
         so that a later change is noticed. A store that cannot be asked fails the validation (closed)."""
-        mine = f"{self.ip_tag(ctx.ip) or ''}|{ua_hash(ctx.user_agent) or ''}"
-        earlier = await self.stores.first_seen(value.sid, mine, int(value.expires_at - time.time()) + 1)
-        tag, _, uah = (earlier or mine).partition("|")
+        pinned = self._first_seen_memo.get(value.sid)
+        if pinned is None:
+            mine = f"{self.ip_tag(ctx.ip) or ''}|{ua_hash(ctx.user_agent) or ''}"
+            earlier = await self.stores.first_seen(value.sid, mine, int(value.expires_at - time.time()) + 1)
+            pinned = earlier or mine
+            if len(self._first_seen_memo) >= self.settings.cache.max_entries:
+                self._first_seen_memo.pop(next(iter(self._first_seen_memo)))
+            self._first_seen_memo[value.sid] = pinned
+        tag, _, uah = pinned.partition("|")
         return dataclasses.replace(value, ip_tag=value.ip_tag or tag or None, ua_hash=value.ua_hash or uah or None)
 
     def _validate_jwt(self, token: str) -> Validated:

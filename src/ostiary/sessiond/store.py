@@ -56,7 +56,9 @@ class StoreFault(TokenFault):
 def make_client(url: str, settings: StoreSettings, *, pool_size: int | None = None) -> aioredis.Redis:
     """A RESP3 client with a blocking pool; credentials and TLS files from the settings."""
     kwargs: dict[str, Any] = {
-        "socket_timeout": settings.timeout,
+        # No per-read timer: every call already runs inside asyncio.timeout(store.timeout) (Stores.call),
+        # and a second timer per read and write costs CPU on the hot path.
+        "socket_timeout": None,
         "socket_connect_timeout": settings.timeout,
         "max_connections": pool_size or settings.pool_size,
         "timeout": settings.timeout,  # wait for a free pooled connection at most this long

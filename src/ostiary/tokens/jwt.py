@@ -84,6 +84,12 @@ def _b64(segment: str, what: str) -> bytes:
     return decoded
 
 
+# Parsed headers by their encoded form: every token of one key carries the same header, so this
+# skips a strict JSON parse per request. Bounded; entries are never mutated (callers only read).
+_HEADERS: dict[str, dict[str, Any]] = {}
+_HEADER_CACHE_SIZE = 256
+
+
 @dataclass(frozen=True)
 class ParsedJws:
     header: dict[str, Any]
@@ -104,7 +110,11 @@ def parse_compact(token: str) -> ParsedJws:
         raise TokenFault("MALFORMED", "header too long")
     if not header_b64 or not payload_b64 or not sig_b64:
         raise TokenFault("MALFORMED", "empty segment")
-    header = _json_object(_b64(header_b64, "header"), "header")
+    header = _HEADERS.get(header_b64)
+    if header is None:
+        header = _json_object(_b64(header_b64, "header"), "header")
+        if len(_HEADERS) < _HEADER_CACHE_SIZE:
+            _HEADERS[header_b64] = header
     payload = _b64(payload_b64, "payload")
     signature = _b64(sig_b64, "signature")
     return ParsedJws(header, payload, f"{header_b64}.{payload_b64}".encode("ascii"), signature)
