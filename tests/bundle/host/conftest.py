@@ -89,7 +89,6 @@ def tls() -> TlsMaterial:
 def redis_passwords() -> dict[str, str]:
     """Fresh ACL passwords for the daemon's user and the admin user."""
     from deploys import redis as redis_role
-
     from ostiary import acl
 
     return {

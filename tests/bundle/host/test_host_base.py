@@ -16,8 +16,9 @@ from typing import Any
 
 import paramiko
 import pytest
-from deploys import base, common
 from host_support import PROFILES, free_port, host_data, require_root, run, write_files
+
+from deploys import base, common
 
 pytestmark = pytest.mark.bundle
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploys import chrony, common
 from host_support import PROFILES, host_data, run, write_files
+
+from deploys import chrony, common
 
 pytestmark = pytest.mark.bundle
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploys import common, firewall
 from host_support import PROFILES, REPO, group_addresses, host_data, run, write_files
+
+from deploys import common, firewall
 
 pytestmark = pytest.mark.bundle
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploys import common
-from deploys import redis as redis_role
+import redis as redis_py
 from host_support import (
     PROFILES,
     TlsMaterial,
@@ -26,7 +25,8 @@ from host_support import (
     write_files,
 )
 
-import redis as redis_py
+from deploys import common
+from deploys import redis as redis_role
 from ostiary import acl
 
 pytestmark = pytest.mark.bundle

@@ -16,9 +16,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from host_support import PROFILES, REPO, group_addresses, host_data, run, write_files
+
 from deploys import base, chrony, common, firewall
 from deploys import redis as redis_role
-from host_support import PROFILES, REPO, group_addresses, host_data, run, write_files
 
 pytestmark = pytest.mark.bundle
 
