@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs the whole test suite: lint, types, and every pytest test.
+# Sets everything up, then runs the whole test suite: lint, types, every pytest test, then the VM lab
+# (three Debian 12 VMs under qemu: bundle applied, idempotence, compliance suite, session flows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 mkdir -p reports
-echo "== ruff"; ruff check src tests deploys bench
-echo "== mypy"; mypy
-echo "== pytest"
-set +e
-python -m pytest -p no:cacheprovider --junitxml=reports/junit.xml "$@"
-rc=$?
-set -e
-if [[ $rc == 5 ]]; then
-  echo "test: pytest collected no tests; that is a failure" >&2
-  exit 1
-fi
-exit $rc
+started=$SECONDS
+
+stage() { echo; echo "== $1 ($((SECONDS - started)) s elapsed)"; }
+
+# pytest's exit code 5 (nothing collected) is a failure here, never a silent pass.
+run_pytest() {
+  local junit=$1
+  shift
+  set +e
+  python -m pytest -p no:cacheprovider --junitxml="$junit" "$@"
+  local rc=$?
+  set -e
+  if [[ $rc == 5 ]]; then
+    echo "test: pytest collected no tests for: $*" >&2
+    return 1
+  fi
+  return $rc
+}
+
+stage "ruff"
+ruff check src tests deploys bench scripts
+stage "mypy"
+mypy
+stage "pytest: unit, integration (real Redis + daemons), bundle (rendered files checked by the real programs)"
+run_pytest reports/junit.xml tests/unit tests/integration tests/bundle
+stage "pytest: VM lab (qemu guests: apply, idempotence, compliance suite, session flows, external verifiers)"
+run_pytest reports/junit-lab.xml tests/lab
+stage "done"
