@@ -247,7 +247,8 @@ def gateway() -> None:
     rendered = render_files(data, facts)
 
     apt.packages(name="Install nginx from Debian", packages=["nginx"])
-    files.file(
+    # Debian ships the default site as a symlink into sites-available: remove the link.
+    files.link(
         name="No Debian default site",
         path=common.host_path(data, "/etc/nginx/sites-enabled/default"),
         present=False,
