@@ -278,13 +278,15 @@ def keys() -> None:
     if changed["nginx"]:
         server.shell(
             name="nginx re-reads its certificate",
-            commands=["systemctl try-reload-or-restart nginx.service"],
+            # On the first run the unit may not exist yet: nothing to reload then.
+            commands=["! systemctl cat nginx.service >/dev/null 2>&1 || systemctl try-reload-or-restart nginx.service"],
             _if=any_changed(*changed["nginx"]),
         )
     if changed["sessiond"]:
         server.shell(
             name="Daemon re-reads its keys (SIGHUP)",
-            commands=["systemctl try-reload-or-restart ostiary-sessiond.service"],
+            commands=["! systemctl cat ostiary-sessiond.service >/dev/null 2>&1 "
+                      "|| systemctl try-reload-or-restart ostiary-sessiond.service"],
             _if=any_changed(*changed["sessiond"]),
         )
     if changed["redis"]:

@@ -283,7 +283,10 @@ def build_wheelhouse(data: Any) -> Path:
     if not stamp.exists():
         target.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(target), str(PROJECT_DIR)],
+            # async-timeout: redis-py needs it on Pythons before 3.11.3 (Debian 12 has 3.11.2), and pip
+            # resolves markers for the control node's Python only.
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(target), str(PROJECT_DIR),
+             "async-timeout>=4.0.3"],
             check=True,
             timeout=900,
         )
@@ -328,7 +331,8 @@ def sessiond() -> None:
         exclude=[".complete"],
     )
     venv_python = f"{common.VENV_DIR}/bin/python"
-    if not host.get_fact(File, path=venv_python):
+    # bin/python is a symlink (the File fact is false for links): pyvenv.cfg marks a venv.
+    if not host.get_fact(File, path=f"{common.VENV_DIR}/pyvenv.cfg"):
         server.shell(name="Create the daemon's venv", commands=[f"python3 -m venv {common.VENV_DIR}"])
         installed = True
     else:
