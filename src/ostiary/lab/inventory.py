@@ -35,6 +35,9 @@ def lab_data(lab: Lab, state: LabState) -> dict[str, Any]:
         "firewall_ssh_burst": 200,
         # The lab's own key store (CA, JWT keys, Redis passwords), next to its state, outside git.
         "ostiary_keystore_dir": str(lab.state_dir / "keystore"),
+        # Guests run under software emulation (TCG) when the CPU has no vmx/svm: a store round trip
+        # that takes 0.2 ms on hardware can take tens of ms there, so the lab allows one second.
+        "sessiond_store_timeout": 1.0,
         # The gateway certificate also names the lab host and the forwarded loopback address.
         "gateway_server_names": ["api.example.internal", "gw1", "localhost"],
     }

@@ -306,6 +306,12 @@ class Lab:
             raise RuntimeError(f"{name}: {command!r} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc
 
+    def _answers(self, name: str) -> bool:
+        try:
+            return self.ssh(name, "true", timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
     def require_state(self) -> LabState:
         state = self.load_state()
         if state is None:
@@ -354,7 +360,7 @@ class Lab:
 
         if self.is_up():
             state = self.require_state()
-            if all(self.ssh(name, "true", timeout=30).returncode == 0 for name in state.hosts):
+            if all(self._answers(name) for name in state.hosts):
                 progress("up: the lab is already running; reusing it")
                 return state
         # Leftovers of a crashed or half-finished run: stop what still runs, clear the directory.
@@ -571,11 +577,7 @@ class Lab:
             for name in sorted(pending):
                 if owned_pid(Path(state.host(name).pid_file), str(self.run_dir)) is None:
                     raise RuntimeError(f"{name}: qemu exited during boot; see {state.host(name).console}")
-                try:
-                    ok = self.ssh(name, "true", timeout=20).returncode == 0
-                except subprocess.TimeoutExpired:
-                    ok = False
-                if ok:
+                if self._answers(name):
                     pending.discard(name)
                     progress(f"[{time.monotonic() - started:6.1f} s] boot: {name} answers SSH")
             if pending:
