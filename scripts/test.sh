@@ -31,4 +31,6 @@ stage "mypy"
 mypy
 stage "pytest: unit, integration (real Redis + daemons), bundle (rendered files checked by the real programs)"
 run_pytest reports/junit.xml tests/unit tests/integration tests/bundle
+stage "pytest: VM lab (qemu guests: apply, idempotence, compliance suite, session flows, external verifiers)"
+run_pytest reports/junit-lab.xml tests/lab
 stage "done"

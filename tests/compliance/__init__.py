@@ -1,0 +1,1 @@
+"""Compliance suite: testinfra checks of any pyinfra inventory's hosts (``--inventory PATH``)."""
