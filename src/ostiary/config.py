@@ -124,9 +124,11 @@ class StoreSettings(_Section):
     @field_validator("sessions_url", "revocations_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+        # Sentinel and Cluster (redis-py has both) are not wired up yet: refuse rather than misbehave.
+        schemes = ("redis://", "rediss://", "unix://")
         if not value.startswith(schemes):
-            raise ValueError(f"store URL must start with one of {', '.join(schemes)}")
+            raise ValueError(f"store URL must start with one of {', '.join(schemes)} (Sentinel and Cluster "
+                             "are not supported yet)")
         return value
 
 

@@ -35,6 +35,7 @@ def test_defaults_match_the_documented_contract() -> None:
         ("[server]\nadmin_listen = \"unix:relative.sock\"\n", "server.admin_listen"),
         ("[server]\nsocket_mode = \"0666\"\n", "server.socket_mode"),
         ("[store]\nsessions_url = \"http://x\"\n", "store.sessions_url"),
+        ("[store]\nrevocations_url = \"redis+sentinel://h:26379/mymaster\"\n", "store.revocations_url"),
         ("[clients]\nrp = \"plain-secret\"\n", "clients"),
         ("[oidc]\nenabled = true\n", "oidc"),
         ("[oidc]\nenabled = true\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"/x\"\nalgorithms = [\"HS256\"]\n",
