@@ -357,29 +357,25 @@ class ControlKeyStore:
         ciphertext = AESGCM(self._derive(salt)).encrypt(nonce, plain, _PASSWORDS_AAD)
         _atomic_write(self._passwords_path, salt + nonce + ciphertext, 0o600)
 
-    def redis_password(self, user: str) -> str:
-        """The Redis ACL password of ``user``: random (256 bits) on first use, stable afterwards."""
-        if not _NAME_RE.match(user):
-            raise KeyStoreError(f"user name {user!r} must match {_NAME_RE.pattern}")
+    def _stable_secret(self, section: str, name: str, what: str) -> str:
+        """A random secret (256 bits) kept under ``section``/``name``: created once, stable afterwards."""
+        if not _NAME_RE.match(name):
+            raise KeyStoreError(f"{what} {name!r} must match {_NAME_RE.pattern}")
         with self._locked():
             data = self._read_passwords()
-            redis = data.setdefault("redis", {})
-            if user not in redis:
-                redis[user] = secrets.token_urlsafe(32)
+            values = data.setdefault(section, {})
+            if name not in values:
+                values[name] = secrets.token_urlsafe(32)
                 self._write_passwords(data)
-            return redis[user]
+            return values[name]
+
+    def redis_password(self, user: str) -> str:
+        """The Redis ACL password of ``user``."""
+        return self._stable_secret("redis", user, "user name")
 
     def shared_secret(self, name: str) -> str:
-        """A random secret (256 bits) shared by every host that gets it: created once, stable afterwards."""
-        if not _NAME_RE.match(name):
-            raise KeyStoreError(f"secret name {name!r} must match {_NAME_RE.pattern}")
-        with self._locked():
-            data = self._read_passwords()
-            shared = data.setdefault("shared", {})
-            if name not in shared:
-                shared[name] = secrets.token_urlsafe(32)
-                self._write_passwords(data)
-            return shared[name]
+        """A secret shared by every host that gets it (e.g. the daemon secret of all session nodes)."""
+        return self._stable_secret("shared", name, "secret name")
 
     # ----------------------------------------------------------------- JWT signing keys
 
