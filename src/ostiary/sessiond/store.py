@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ..config import StoreSettings
 from ..faults import TokenFault
@@ -64,6 +66,10 @@ def make_client(url: str, settings: StoreSettings, *, pool_size: int | None = No
         "timeout": settings.timeout,  # wait for a free pooled connection at most this long
         "protocol": 3,
         "decode_responses": False,
+        # A pooled connection opened before a store restart fails on first use: reconnect and try
+        # once more, still inside the same asyncio.timeout, instead of answering 503 for it.
+        "retry": Retry(NoBackoff(), 1),
+        "retry_on_error": [rexc.ConnectionError],
     }
     if settings.username and not urlsplit(url).username:
         kwargs["username"] = settings.username
