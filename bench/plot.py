@@ -27,7 +27,7 @@ def main() -> None:
     left, width, bar, gap, top = 150, 560, 14, 14, 50
     height = top + len(rows) * (2 * bar + gap) + 70
     x = lambda value: left + width * min(value, scale_max) / scale_max  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 190}" height="{height}" '
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 330}" height="{height}" '
            'font-family="Helvetica, Arial, sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="{left}" y="22" font-size="14" font-weight="bold">GET /v1/validate, requests/s '
