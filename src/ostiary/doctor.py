@@ -19,6 +19,7 @@ from .config import ConfigError, Settings, load_settings
 from .faults import TokenFault
 from .keys import KeyFileError, _load_one, _read_metas
 from .sessiond.obs import Metrics
+from .sessiond.server import STARTUP_STORE_TIMEOUT
 from .sessiond.store import Stores
 
 ENTROPY_MINIMUM = 256
@@ -115,7 +116,8 @@ async def check_stores(settings: Settings) -> list[Check]:
     try:
         for store in ("sessions", "revocations"):
             try:
-                await stores.ping(store)
+                # The first ping opens the connection (TLS included): not a latency sample.
+                await stores.ping(store, STARTUP_STORE_TIMEOUT)
             except TokenFault as exc:
                 checks.append(Check("STORE_UNREACHABLE", False, f"{store} store: {exc.code}: {exc.detail}"))
                 continue

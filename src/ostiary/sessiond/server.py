@@ -28,6 +28,8 @@ from .oidc import OidcVerifier
 from .service import SessionService
 from .store import Stores
 
+STARTUP_STORE_TIMEOUT = 10.0  # seconds for the first store call at start-up (connection set-up included)
+
 
 class StartupError(Exception):
     """The daemon must not start; the message says why and what to do."""
@@ -105,8 +107,10 @@ class Daemon:
     async def check_stores(self) -> None:
         """Refuse to run if the revocation store could evict (a revoked token must never come back)."""
         try:
-            policy = await self.stores.eviction_policy("revocations")
-            session_policy = await self.stores.eviction_policy("sessions")
+            # The first call per store also opens its first connection (TCP, TLS, HELLO/AUTH): on a slow
+            # (emulated) host that alone can take seconds, so start-up allows STARTUP_STORE_TIMEOUT.
+            policy = await self.stores.eviction_policy("revocations", STARTUP_STORE_TIMEOUT)
+            session_policy = await self.stores.eviction_policy("sessions", STARTUP_STORE_TIMEOUT)
         except TokenFault as exc:
             raise StartupError(f"cannot read the stores' eviction policy ({exc.code}: {exc.detail}); "
                                "start Redis and check store URLs, ACL user and TLS files") from exc  # fmt: skip

@@ -98,16 +98,16 @@ class Stores:
         await self.sessions.aclose()
         await self.revocations.aclose()
 
-    async def call(self, store: str, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one store operation within ``store.timeout``; map every failure to a 503 fault."""
+    async def call(self, store: str, op: str, fn: Callable[[], Awaitable[T]], budget: float | None = None) -> T:
+        """Run one store operation within ``store.timeout`` (or ``budget``); every failure is a 503 fault."""
         started = time.perf_counter()
+        limit = self.settings.timeout if budget is None else budget
         try:
-            async with asyncio.timeout(self.settings.timeout):
+            async with asyncio.timeout(limit):
                 result = await fn()
         except (TimeoutError, rexc.TimeoutError) as exc:
             self.metrics.store_errors.labels(store, "SESSION_STORE_LATENCY").inc()
-            raise StoreFault("SESSION_STORE_LATENCY", f"{store} store: no answer within "
-                             f"{self.settings.timeout}s") from exc  # fmt: skip
+            raise StoreFault("SESSION_STORE_LATENCY", f"{store} store: no answer within {limit}s") from exc
         except (rexc.ConnectionError, OSError, rexc.ResponseError, rexc.RedisError) as exc:
             self.metrics.store_errors.labels(store, "REDIS_CONN_REFUSED").inc()
             raise StoreFault("REDIS_CONN_REFUSED", f"{store} store: {type(exc).__name__}: {exc}") from exc
@@ -191,9 +191,9 @@ class Stores:
 
         await self.call("revocations", "revoke_subject", run)
 
-    async def eviction_policy(self, store: str) -> str:
+    async def eviction_policy(self, store: str, budget: float | None = None) -> str:
         client = self.sessions if store == "sessions" else self.revocations
-        info: dict[str, Any] = await self.call(store, "info", lambda: client.info("memory"))
+        info: dict[str, Any] = await self.call(store, "info", lambda: client.info("memory"), budget)
         policy = info.get("maxmemory_policy", "")
         return policy.decode() if isinstance(policy, bytes) else str(policy)
 
@@ -202,6 +202,6 @@ class Stores:
         secs, micros = await self.call(store, "time", lambda: client.time())
         return float(secs) + float(micros) / 1e6
 
-    async def ping(self, store: str) -> None:
+    async def ping(self, store: str, budget: float | None = None) -> None:
         client = self.sessions if store == "sessions" else self.revocations
-        await self.call(store, "ping", lambda: client.ping())
+        await self.call(store, "ping", lambda: client.ping(), budget)
