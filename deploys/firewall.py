@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "firewall_log_dropped": True,
     "firewall_confirm_timeout": 60,
     "firewall_manage_packages": True,
+    "firewall_ssh_port": 0,
 }
 
 SETTINGS_DOC: dict[str, str] = {
@@ -63,6 +64,9 @@ SETTINGS_DOC: dict[str, str] = {
     "firewall_log_dropped": "Log dropped inbound packets (rate-limited) with the prefix 'ostiary-drop: '.",
     "firewall_manage_packages": "Install iptables and iptables-persistent and enable "
     "netfilter-persistent at boot (turn off for images that ship them set up).",
+    "firewall_ssh_port": "Port sshd listens on, as the host sees it; 0 = the port the deploy's own SSH "
+    "connection arrived on (the server port of SSH_CONNECTION, right behind NAT or port forwarding), "
+    "else 22. pyinfra's ssh_port is where the control node connects, which may differ.",
     "firewall_confirm_timeout": "Seconds the new rules have to be confirmed over a fresh SSH connection "
     "before the host rolls back to the previous rules by itself.",
 }
@@ -107,8 +111,9 @@ def context(
 ) -> dict[str, Any]:
     """Template context for both address families.
 
-    ``facts``: ``control_address`` (the control node's address as the host sees the SSH
-    connection, or None) and ``over_ssh`` (whether the deploy reaches the host over SSH).
+    ``facts``: ``control_address`` and ``server_port`` (the control node's address and the
+    port sshd received the deploy's connection on, both as the host sees them, or None) and
+    ``over_ssh`` (whether the deploy reaches the host over SSH).
     ``groups``: group -> private addresses of its hosts. ``host_groups``: this host's groups.
     """
     control = [*data.firewall_control_addresses]
@@ -140,7 +145,9 @@ def context(
     return {
         "families": families,
         # The ports other roles listen on, from the same data keys they read.
-        "ssh_port": _port(data, "ssh_port", common.SSH_PORT),
+        # The port sshd listens on inside the host, never pyinfra's ssh_port: behind NAT or a
+        # port forward the control node connects to another port than the one sshd receives on.
+        "ssh_port": int(getattr(data, "firewall_ssh_port", 0) or facts.get("server_port") or common.SSH_PORT),
         "https_port": _port(data, "gateway_https_port", common.GATEWAY_HTTPS_PORT),
         "daemon_port": _port(data, "sessiond_port", common.SESSIOND_PORT),
         "redis_ports": ",".join(str(redis_ports[name]) for name in common.REDIS_INSTANCES),
@@ -193,7 +200,11 @@ def firewall() -> None:
     over_ssh = type(host.connector).__name__ == "SSHConnector"
     # Without sudo: sudo drops SSH_CONNECTION from the environment.
     connection = (host.get_fact(Command, 'echo "${SSH_CONNECTION:-}"', _sudo=False) or "").split()
-    facts = {"control_address": connection[0] if connection else None, "over_ssh": over_ssh}
+    facts = {
+        "control_address": connection[0] if connection else None,
+        "server_port": int(connection[3]) if len(connection) == 4 and connection[3].isdigit() else None,
+        "over_ssh": over_ssh,
+    }
     try:
         rendered = render_files(data, facts, group_addresses_from_inventory(), list(host.groups))
     except ValueError as error:

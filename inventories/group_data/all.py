@@ -84,6 +84,7 @@ firewall_extra_tcp_ports = []  # more TCP ports open to everyone, e.g. [80]
 firewall_log_dropped = True  # log dropped packets (rate-limited, prefix "ostiary-drop: ")
 firewall_confirm_timeout = 60  # seconds to confirm new rules over a new SSH connection, else rollback
 firewall_manage_packages = True  # install iptables + iptables-persistent (off: the image has them)
+firewall_ssh_port = 0  # port sshd listens on; 0 = the port the deploy's SSH connection arrived on
 
 # --- shared by the redis role, the firewall and the daemon's store URLs ------------------------------
 redis_tls_ports = {"sessions": 6379, "revocations": 6380}  # TLS port of each Redis store

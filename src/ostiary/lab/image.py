@@ -110,9 +110,8 @@ if [ -n "$key" ]; then
     umask 022
 fi
 get hosts >/etc/hosts
-get sshd.conf >/etc/ssh/sshd_config.d/01-ostiary-lab-port.conf
 get data.network >/etc/systemd/network/05-lab-data.network
-chmod 644 /etc/systemd/network/05-lab-data.network /etc/hosts /etc/ssh/sshd_config.d/01-ostiary-lab-port.conf
+chmod 644 /etc/systemd/network/05-lab-data.network /etc/hosts
 """
 
 GUEST_UNIT: Final = """[Unit]

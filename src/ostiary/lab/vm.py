@@ -507,12 +507,9 @@ class Lab:
         for attempt in range(3):
             ssh_port = free_port(taken=taken)
             https_port = free_port(taken=taken) if spec.forward_https else None
-            # The guest's sshd listens on the forwarded port number too (besides 22), so the
-            # inventory's ssh_port is true on both sides of qemu's NAT: what pyinfra connects to
-            # is also what the guest's firewall must let in.
-            sshd_conf = run / f"{spec.name}.sshd.conf"
-            sshd_conf.write_text(f"Port 22\nPort {ssh_port}\n")
-            forwards = f"hostfwd=tcp:127.0.0.1:{ssh_port}-:{ssh_port}"
+            # A real NAT case: pyinfra connects to ssh_port on 127.0.0.1, the guest's sshd receives
+            # on 22, and the firewall role opens the port the deploy's connection arrived on.
+            forwards = f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
             if https_port is not None:
                 forwards += f",hostfwd=tcp:127.0.0.1:{https_port}-:443"
             argv = [
@@ -542,7 +539,6 @@ class Lab:
                 "-fw_cfg", f"name=opt/ostiary/ssh_host_ed25519_key.pub,file={host_key}.pub",
                 "-fw_cfg", f"name=opt/ostiary/hosts,file={hosts_file}",
                 "-fw_cfg", f"name=opt/ostiary/data.network,file={data_network}",
-                "-fw_cfg", f"name=opt/ostiary/sshd.conf,file={sshd_conf}",
                 "-pidfile", str(pid_file),
                 "-daemonize",
             ]  # fmt: skip

@@ -393,17 +393,35 @@ def test_rules_filter_real_connections(prefix: Path, veth_pair: tuple[str, str])
 
 
 def test_ports_follow_the_other_roles_data(prefix: Path) -> None:
-    """gateway_https_port, sessiond_port, redis_tls_ports and pyinfra's ssh_port move the rules too."""
+    """gateway_https_port, sessiond_port and redis_tls_ports move the rules too."""
     _, _, v4, _ = _render(
         prefix,
         "single",
         "node1",
-        ssh_port=2222,
         gateway_https_port=8443,
         sessiond_port=9700,
         redis_tls_ports={"sessions": 7379, "revocations": 7380},
     )
-    assert "--dport 2222 -m conntrack --ctstate NEW -j ostiary-ssh" in v4
     assert "--dport 8443 " in v4 and "--dport 443 " not in v4
     assert "--dport 9700 " in v4 and "--dport 8700 " not in v4
     assert "--dports 7379,7380 " in v4
+
+
+@pytest.mark.parametrize(
+    ("server_port", "setting", "expected"),
+    [
+        (None, 0, 22),  # nothing known: sshd's default
+        (2222, 0, 2222),  # the port the deploy's own connection arrived on, as the host sees it
+        (2222, 2200, 2200),  # an explicit firewall_ssh_port wins
+    ],
+)
+def test_ssh_rules_follow_the_port_sshd_receives_on(
+    prefix: Path, server_port: int | None, setting: int, expected: int
+) -> None:
+    """pyinfra's ssh_port (where the control node connects, maybe through NAT) never moves the rules."""
+    facts = {"control_address": CONTROL, "over_ssh": True, "server_port": server_port}
+    _, _, v4, v6 = _render(prefix, "single", "node1", facts=facts, ssh_port=40022, firewall_ssh_port=setting)
+    for rules in (v4, v6):
+        assert f"--dport {expected} -m conntrack --ctstate NEW -j ostiary-ssh" in rules
+        assert "40022" not in rules
+    assert f"-s {CONTROL}/32 -p tcp -m tcp --dport {expected} " in v4
