@@ -1,11 +1,11 @@
-"""``ostiary lab up | apply | check | down | status | ssh | image``.
+"""``ostiary lab up | apply | plan | check | down | status | ssh | image``.
 
 ``up`` builds or reuses the base image, boots the three VMs and writes ``inventories/lab.py``;
 ``apply`` runs the bundle with pyinfra and then proves it idempotent (per host, a
 ``--dry --json`` plan with no change; with ``--reapply`` also a real second run that changes
-nothing); ``check`` runs the compliance suite against the lab; ``down`` stops everything and
-removes the overlays. Every phase prints its time; the times are also kept in
-``.ostiary/lab/logs/times.json``.
+nothing); ``plan`` shows what a run would change per host; ``check`` runs the compliance suite
+against the lab; ``down`` stops everything and removes the overlays. Every phase prints its time;
+the times are also kept in ``.ostiary/lab/logs/times.json``.
 """
 
 from __future__ import annotations
@@ -121,6 +121,24 @@ def _reapply_host(lab: Lab, name: str) -> tuple[str, float, list[str], str]:
     return name, seconds, changed + [f"{e} (error)" for e in errors], ""
 
 
+def plan_lab(lab: Lab, progress: Callable[[str], None] = _progress) -> tuple[list[PlanChange], dict[str, float]]:
+    """``pyinfra --dry --json --limit HOST`` per host in parallel: the definite changes, seconds per host."""
+    state = lab.require_state()
+    progress("plan: pyinfra --dry --json --limit HOST, per host in parallel")
+    with ThreadPoolExecutor(max_workers=len(state.hosts)) as pool:
+        plans = list(pool.map(lambda name: (name, *dry_plan(lab, name)), state.hosts))
+    changes: list[PlanChange] = []
+    per_host: dict[str, float] = {}
+    for name, definite, conditional, seconds in plans:
+        per_host[name] = round(seconds, 1)
+        changes.extend(definite)
+        verdict = "no change" if not definite else f"{len(definite)} operation(s) would change"
+        progress(f"plan:   {name}: no-op plan {seconds:.1f} s, {verdict} ({len(conditional)} conditional, none due)")
+        for change in definite:
+            progress(f"plan:     would change on {name}: {change.name}")
+    return changes, per_host
+
+
 @dataclass
 class ApplyReport:
     """What ``apply`` saw: the first run, the per-host re-apply and the dry plan."""
@@ -181,19 +199,11 @@ def apply_bundle(lab: Lab, reapply: bool = False, progress: Callable[[str], None
                 progress(error)
     # The idempotence proof: per host in parallel, the plan of a second run must change nothing.
     # Its time is what a no-op re-apply of that host costs (facts gathered, nothing to execute).
-    progress("apply: idempotence: pyinfra --dry --json --limit HOST, per host in parallel")
     t0 = time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(state.hosts)) as pool:
-        plans = list(pool.map(lambda name: (name, *dry_plan(lab, name)), state.hosts))
+    changes, per_host = plan_lab(lab, progress)
     times["dry_plan_wall"] = round(time.monotonic() - t0, 1)
-    times["dry_plan_per_host"] = {}
-    for name, definite, conditional, seconds in plans:
-        times["dry_plan_per_host"][name] = round(seconds, 1)
-        report.dry_changes.extend(definite)
-        verdict = "no change" if not definite else f"{len(definite)} operation(s) would change"
-        progress(f"apply:   {name}: no-op plan {seconds:.1f} s, {verdict} ({len(conditional)} conditional, none due)")
-        for change in definite:
-            progress(f"apply:     would change on {name}: {change.name}")
+    times["dry_plan_per_host"] = per_host
+    report.dry_changes.extend(changes)
     verdict = "no change on any host" if not report.dry_changes else "NOT idempotent"
     progress(f"apply: idempotence check took {times['dry_plan_wall']:.1f} s: {verdict}")
     _record_times(lab, "apply", times)
@@ -203,6 +213,17 @@ def apply_bundle(lab: Lab, reapply: bool = False, progress: Callable[[str], None
 def cmd_apply(lab: Lab, reapply: bool) -> int:
     report = apply_bundle(lab, reapply=reapply)
     return 0 if report.idempotent else 1
+
+
+def cmd_plan(lab: Lab, as_json: bool) -> int:
+    """What a run of deploys/site.py would change on each lab host (nothing, once converged)."""
+    changes, per_host = plan_lab(lab, progress=_progress if not as_json else lambda _msg: None)
+    pending = sorted({f"{host}: {change.name}" for change in changes for host in change.hosts})
+    if as_json:
+        print(json.dumps({"pending": pending, "seconds_per_host": per_host}))
+    else:
+        print("plan: no change on any host" if not pending else f"plan: {len(pending)} pending change(s)")
+    return 0
 
 
 # --- check ----------------------------------------------------------------------------------
@@ -328,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reapply", action="store_true", help="also re-apply for real per host (-y --json) and name what changes"
     )
+    p = sub.add_parser("plan", help="what applying deploys/site.py would change, per host (pyinfra --dry)")
+    p.add_argument("--json", action="store_true", help='print {"pending": [...], "seconds_per_host": {...}}')
     p = sub.add_parser("check", help="run the compliance suite against the lab")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
     sub.add_parser("down", help="stop every lab process and remove the overlays")
@@ -347,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_up(lab)
         if args.command == "apply":
             return cmd_apply(lab, reapply=args.reapply)
+        if args.command == "plan":
+            return cmd_plan(lab, as_json=args.json)
         if args.command == "check":
             return cmd_check(lab, list(args.pytest_args))
         if args.command == "down":
