@@ -21,8 +21,10 @@ these fixtures fails (not skips) when they are missing.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,8 @@ from ostiary.lab.vm import Lab
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "vde_switch", "mmdebstrap", "mkfs.ext4", "chronyd", "ssh")
+# Seconds per lab phase in this session, in the order they ran; printed at the end of the run.
+LAB_TIMES: dict[str, Any] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,6 +49,22 @@ def _log(message: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def lab_times() -> dict[str, Any]:
+    """Where a lab test records how long its phase took (seconds, or host -> seconds)."""
+    return LAB_TIMES
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not LAB_TIMES:
+        return
+    terminalreporter.section("VM lab phases (seconds)")
+    for phase, value in LAB_TIMES.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{host} {seconds}" for host, seconds in sorted(value.items()))
+        terminalreporter.write_line(f"{phase:48} {value}")
+
+
+@pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
@@ -52,16 +72,27 @@ def lab() -> Iterator[Lab]:
     the_lab = Lab(REPO_ROOT)
     reused = the_lab.is_up()
     try:
-        the_lab.up(progress=_log)
+        t0 = time.monotonic()
+        state = the_lab.up(progress=_log)
+        LAB_TIMES["up (reused)" if reused else "up: image, start, boot"] = round(time.monotonic() - t0, 1)
+        for phase, seconds in (state.phases or {}).items():
+            LAB_TIMES[f"  up: {phase}"] = seconds
         yield the_lab
     finally:
         if not reused:
+            t0 = time.monotonic()
             the_lab.down(progress=_log)
+            LAB_TIMES["down"] = round(time.monotonic() - t0, 1)
 
 
 @pytest.fixture(scope="session")
 def apply_report(lab: Lab) -> ApplyReport:
-    return apply_bundle(lab, progress=_log)
+    report = apply_bundle(lab, progress=_log)
+    LAB_TIMES["apply: first apply of deploys/site.py"] = report.times.get("apply")
+    if "dry_plan_wall" in report.times:
+        LAB_TIMES["apply: idempotence, --dry --json plans in parallel"] = report.times["dry_plan_wall"]
+        LAB_TIMES["apply: no-op re-apply (plan) per host"] = report.times["dry_plan_per_host"]
+    return report
 
 
 @pytest.fixture(scope="session")
