@@ -27,6 +27,10 @@ THP_TMPFILES: Final = "/etc/tmpfiles.d/ostiary-thp.conf"
 SSHD_DROPIN: Final = "/etc/ssh/sshd_config.d/00-ostiary.conf"
 JOURNALD_DROPIN: Final = "/etc/systemd/journald.conf.d/ostiary.conf"
 JOURNAL_DIR: Final = "/var/log/journal"
+MODPROBE_FILE: Final = "/etc/modprobe.d/ostiary-protocols.conf"
+CORE_LIMITS_FILE: Final = "/etc/security/limits.d/ostiary-no-core.conf"
+# Protocols a session-layer host never speaks; each has had remotely reachable kernel bugs.
+PROTOCOL_NAME: Final = re.compile(r"^[a-z0-9_]{1,32}$")
 
 # Keys that exist only when the kernel was built with a feature. The file marks them with sysctl.d's
 # "-" prefix (a missing key is not an error): Debian's kernels have them all.
@@ -44,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "sysctl_ptrace_scope": 2,
     "sysctl_extra": {},
     "thp_disabled": True,
+    "disabled_protocols": ["dccp", "sctp", "rds", "tipc"],
+    "core_dumps_disabled": True,
     "ssh_permit_root_login": "prohibit-password",
     "ssh_allow_users": [],
     "ssh_ciphers": [
@@ -101,6 +107,11 @@ SETTINGS_DOC: dict[str, str] = {
     "sysctl_ptrace_scope": "kernel.yama.ptrace_scope: 2 = only root may ptrace (1 = parents only, 3 = nobody).",
     "sysctl_extra": "Extra sysctls {key: value} appended to the file (override the above by key).",
     "thp_disabled": "Turn transparent huge pages off at boot (Redis latency and fork memory).",
+    "disabled_protocols": "Kernel protocol modules that can never be loaded (modprobe.d 'install ... "
+    "/bin/false' and 'blacklist'); empty = leave module loading alone.",
+    "core_dumps_disabled": "No core dumps: a hard core-size limit of 0 for every login (limits.d), on top of "
+    "fs.suid_dumpable=0; the daemon's and Redis' units set LimitCORE=0 themselves. Memory of the "
+    "daemon holds keys and tokens.",
     "ssh_permit_root_login": "sshd PermitRootLogin: prohibit-password (keys only) or no.",
     "ssh_allow_users": "sshd AllowUsers; empty = no restriction beyond keys-only login.",
     "ssh_ciphers": "sshd Ciphers, most preferred first (keep one pyinfra's client speaks).",
@@ -165,6 +176,8 @@ def sysctls(data: Any) -> dict[str, str]:
         "fs.protected_fifos": 2,
         "fs.protected_regular": 2,
         "fs.suid_dumpable": 0,
+        # no automatic loading of TTY line disciplines by unprivileged users (a classic local exploit path)
+        "dev.tty.ldisc_autoload": 0,
         # Redis forks for RDB/AOF rewrites; without overcommit a fork can fail on a full host
         "vm.overcommit_memory": 1,
     }
@@ -309,7 +322,17 @@ def context(data: Any, facts: Mapping[str, Any]) -> dict[str, Any]:
         "allow_tcp_forwarding": "yes" if data.ssh_allow_tcp_forwarding else "no",
         "journald_system_max_use": str(data.journald_system_max_use),
         "journald_max_retention": str(data.journald_max_retention),
+        "disabled_protocols": disabled_protocols(data),
     }
+
+
+def disabled_protocols(data: Any) -> list[str]:
+    """The protocol modules to lock out, validated (each name lands in a modprobe.d line)."""
+    names = [str(name) for name in data.disabled_protocols]
+    bad = [name for name in names if not PROTOCOL_NAME.match(name)]
+    if bad:
+        raise DeployError(f"disabled_protocols: not a kernel module name: {bad}")
+    return names
 
 
 def render_files(data: Any, facts: Mapping[str, Any]) -> dict[str, str]:
@@ -321,6 +344,10 @@ def render_files(data: Any, facts: Mapping[str, Any]) -> dict[str, str]:
     }
     if ctx["thp_disabled"]:
         files_[common.host_path(data, THP_TMPFILES)] = render("base/thp.tmpfiles.j2", **ctx)
+    if ctx["disabled_protocols"]:
+        files_[common.host_path(data, MODPROBE_FILE)] = render("base/modprobe-protocols.conf.j2", **ctx)
+    if data.core_dumps_disabled:
+        files_[common.host_path(data, CORE_LIMITS_FILE)] = render("base/limits-no-core.conf.j2", **ctx)
     return files_
 
 
@@ -397,6 +424,18 @@ def base() -> None:
             commands=[f"systemd-tmpfiles --create {thp_path}"],
             _if=thp_op.did_change,
         )
+
+    # Files that exist only while their setting is on; turning it off removes them again.
+    for path, name in (
+        (MODPROBE_FILE, "Protocol modules that may never load"),
+        (CORE_LIMITS_FILE, "No core dumps for any login"),
+    ):
+        host_file = common.host_path(data, path)
+        if host_file in rendered:
+            files.put(name=name, src=io.StringIO(rendered[host_file]), dest=host_file, user="root", group="root",
+                      mode="0644")  # fmt: skip
+        else:
+            files.file(name=f"{name}: off, file removed", path=host_file, present=False)
 
     sshd_path = common.host_path(data, SSHD_DROPIN)
     sshd_op = files.put(

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3 python3-venv python3-dev gcc libffi-dev
   redis-server redis-tools nginx wrk chrony iptables iproute2 apparmor openssh-server
-  openssl systemd procps ca-certificates
+  openssl systemd procps ca-certificates kmod
   qemu-system-x86 qemu-utils mmdebstrap vde2 e2fsprogs
 )
 

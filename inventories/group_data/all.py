@@ -12,6 +12,8 @@ sysctl_tcp_max_syn_backlog = 4096  # half-open connections kept per listener
 sysctl_ptrace_scope = 2  # kernel.yama.ptrace_scope: 2 = only root may ptrace
 sysctl_extra = {}  # more sysctls, e.g. {"net.ipv4.tcp_keepalive_time": 600}
 thp_disabled = True  # transparent huge pages off (Redis latency and fork memory)
+disabled_protocols = ["dccp", "sctp", "rds", "tipc"]  # kernel protocol modules that may never load
+core_dumps_disabled = True  # no core dumps for any login (hard limit 0); the services set LimitCORE=0
 
 # --- base: sshd (keys only; the deploy refuses settings that would lock out its own connection) --
 ssh_permit_root_login = "prohibit-password"  # or "no" when pyinfra logs in as a sudo user

@@ -51,6 +51,12 @@ _CATALOGUE: Final = (
     Control("OST-BASE-08", "Kernel entropy pool ready", SEED,
             "Session identifiers and keys come from the kernel's random generator; it must be seeded.",
             "all"),
+    Control("OST-BASE-09", "No core dumps: hard limit 0 for logins and the bundle's services, suid_dumpable 0",
+            CIS, "The daemon's and Redis' memory holds keys, tokens and sessions; a core file would write them "
+            "to disk.", "all"),
+    Control("OST-BASE-10", "Protocols the stack never uses (dccp, sctp, rds, tipc) cannot be loaded",
+            CIS, "Rarely used protocol modules load on demand from an unprivileged socket() call and have had "
+            "remotely reachable kernel bugs.", "all"),
     # chrony: every host
     Control("OST-TIME-01", "chrony active and enabled", SEED,
             "Token expiry, nbf and revocation ordering all compare clocks across hosts.", "all"),

@@ -14,7 +14,7 @@ from .support import Node, sysctl_values
 pytestmark = pytest.mark.role("all")
 
 NETWORK_PREFIXES = ("net.",)
-KERNEL_PREFIXES = ("kernel.", "fs.")
+KERNEL_PREFIXES = ("kernel.", "fs.", "dev.")
 # The CIS-style floor, whatever the inventory says: a knob may tighten these, never loosen them.
 FLOOR = {
     "net.ipv4.conf.all.rp_filter": {"1", "2"},
@@ -150,3 +150,40 @@ def test_entropy(node: Node, evidence: Callable[[str], None]) -> None:
     problem = base_role.entropy_problem(_Data(node.data), bits)
     assert problem is None, problem
     evidence(f"entropy_avail={bits}")
+
+
+# The bundle's long-running services, by the unit name systemd knows them under on a host.
+SERVICES = ("ostiary-sessiond.service", "ostiary-redis@sessions.service", "ostiary-redis@revocations.service")
+
+
+@pytest.mark.control("OST-BASE-09")
+def test_no_core_dumps(node: Node, evidence: Callable[[str], None]) -> None:
+    if not node.data.get("core_dumps_disabled", base_role.DEFAULTS["core_dumps_disabled"]):
+        pytest.skip("core_dumps_disabled is off in this inventory")
+    dumpable = sysctl_values(node, ["fs.suid_dumpable"]).get("fs.suid_dumpable")
+    assert dumpable == "0", f"fs.suid_dumpable={dumpable}"
+    # Behaviour: this very SSH session went through PAM's limits, as an operator's login does.
+    hard = node.check("ulimit -H -c").strip()
+    assert hard == "0", f"hard core-size limit of a login session: {hard}"
+    units = [u for u in SERVICES if node.run(f"systemctl cat {u} >/dev/null 2>&1").rc == 0]
+    limits = {u: node.check(f"systemctl show -p LimitCORE --value {u}").strip() for u in units}
+    wrong = {u: v for u, v in limits.items() if v != "0"}
+    assert not wrong, f"LimitCORE of the bundle's services: {wrong}"
+    evidence(f"login hard core limit 0, fs.suid_dumpable=0, LimitCORE=0 on {', '.join(units) or 'no bundle service'}")
+
+
+@pytest.mark.control("OST-BASE-10")
+def test_unused_protocols_cannot_load(node: Node, evidence: Callable[[str], None]) -> None:
+    names = list(node.data.get("disabled_protocols", base_role.DEFAULTS["disabled_protocols"]))
+    if not names:
+        pytest.skip("disabled_protocols is empty in this inventory")
+    loaded = set(node.check("cut -d' ' -f1 /proc/modules").split())
+    problems = []
+    for name in names:
+        plan = node.run(f"modprobe --dry-run --verbose {name} 2>&1")
+        if "install /bin/false" not in str(plan.stdout):
+            problems.append(f"{name}: modprobe would load it ({str(plan.stdout).strip()[:80]})")
+        if name in loaded:
+            problems.append(f"{name}: loaded now")
+    assert not problems, "; ".join(problems)
+    evidence(f"modprobe resolves {', '.join(names)} to /bin/false; none loaded")

@@ -152,6 +152,7 @@ def test_sshd_accepts_the_full_config(prefix: Path) -> None:
     assert settings["permitrootlogin"] == "without-password"
     assert settings["x11forwarding"] == "no"
     assert settings["authenticationmethods"] == "publickey"
+    assert settings["tcpkeepalive"] == "no" and settings["compression"] == "no"
     assert settings["ciphers"] == ",".join(base.DEFAULTS["ssh_ciphers"])
     assert settings["macs"] == ",".join(base.DEFAULTS["ssh_macs"])
 
@@ -255,3 +256,31 @@ def test_journald_dropin_is_persistent(prefix: Path) -> None:
     text = files[common.host_path(data, base.JOURNALD_DROPIN)]
     assert "Storage=persistent" in text.splitlines()
     assert f"SystemMaxUse={base.DEFAULTS['journald_system_max_use']}" in text.splitlines()
+
+
+def test_disabled_protocols_cannot_be_loaded_per_modprobe(prefix: Path) -> None:
+    """kmod's own modprobe reads the rendered file: each protocol resolves to /bin/false, others do not."""
+    data, files = _rendered(prefix)
+    conf = prefix / "protocols.conf"
+    conf.write_text(files[common.host_path(data, base.MODPROBE_FILE)])
+    for name in base.DEFAULTS["disabled_protocols"]:
+        dry = run(["modprobe", "-C", str(conf), "--dry-run", "--verbose", name])
+        assert dry.returncode == 0, dry.stderr
+        assert dry.stdout.split() == ["install", "/bin/false"], dry.stdout
+    conf.write_text(files[common.host_path(data, base.MODPROBE_FILE)].replace("install sctp", "# install sctp"))
+    assert "/bin/false" not in run(["modprobe", "-C", str(conf), "--dry-run", "--verbose", "sctp"]).stdout
+
+
+def test_turning_settings_off_drops_their_files(prefix: Path) -> None:
+    data, files = _rendered(prefix, disabled_protocols=[], core_dumps_disabled=False)
+    assert common.host_path(data, base.MODPROBE_FILE) not in files
+    assert common.host_path(data, base.CORE_LIMITS_FILE) not in files
+    data, files = _rendered(prefix)
+    limits = files[common.host_path(data, base.CORE_LIMITS_FILE)]
+    entries = [line.split() for line in limits.splitlines() if line and not line.startswith("#")]
+    assert entries == [["*", "hard", "core", "0"], ["root", "hard", "core", "0"]]
+
+
+def test_a_protocol_name_that_is_not_a_module_name_is_refused(prefix: Path) -> None:
+    with pytest.raises(base.DeployError, match="not a kernel module name"):
+        _rendered(prefix, disabled_protocols=["dccp", "sctp /bin/sh"])
