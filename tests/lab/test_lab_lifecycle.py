@@ -9,9 +9,11 @@ left. It runs last in this module; H6's flow tests (test_flows.py) sort before t
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +119,18 @@ def test_bundle_applies_and_a_second_run_changes_nothing(apply_report: ApplyRepo
     assert not would_change, "not idempotent, a second run would change:\n" + "\n".join(would_change)
     per_host = apply_report.times["dry_plan_per_host"]
     print(f"\nlab apply: first apply {apply_report.times['apply']} s; no-op re-apply (plan) per host: {per_host}")
+
+
+def test_plan_command_reports_nothing_pending_after_the_apply(applied_lab: Lab) -> None:
+    """``ostiary lab plan --json``, the command molecule's converge and idempotence steps use."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ostiary", "lab", "plan", "--json"],
+        cwd=applied_lab.root, capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads(proc.stdout)
+    assert plan["pending"] == [], f"pending after the apply: {plan['pending']}"
+    assert set(plan["seconds_per_host"]) == set(applied_lab.require_state().hosts)
 
 
 def test_crashed_lab_recovers_then_down_leaves_nothing(lab: Lab) -> None:
