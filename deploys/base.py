@@ -110,7 +110,7 @@ SETTINGS_DOC: dict[str, str] = {
     "disabled_protocols": "Kernel protocol modules that can never be loaded (modprobe.d 'install ... "
     "/bin/false' and 'blacklist'); empty = leave module loading alone.",
     "core_dumps_disabled": "No core dumps: a hard core-size limit of 0 for every login (limits.d), on top of "
-    "fs.suid_dumpable=0; the daemon's and Redis' units set LimitCORE=0 themselves. Memory of the "
+    "fs.suid_dumpable=0; the daemon's, Redis' and nginx's units set LimitCORE=0 themselves. Memory of the "
     "daemon holds keys and tokens.",
     "ssh_permit_root_login": "sshd PermitRootLogin: prohibit-password (keys only) or no.",
     "ssh_allow_users": "sshd AllowUsers; empty = no restriction beyond keys-only login.",

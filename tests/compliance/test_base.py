@@ -153,7 +153,12 @@ def test_entropy(node: Node, evidence: Callable[[str], None]) -> None:
 
 
 # The bundle's long-running services, by the unit name systemd knows them under on a host.
-SERVICES = ("ostiary-sessiond.service", "ostiary-redis@sessions.service", "ostiary-redis@revocations.service")
+SERVICES = (
+    "nginx.service",
+    "ostiary-sessiond.service",
+    "ostiary-redis@sessions.service",
+    "ostiary-redis@revocations.service",
+)
 
 
 @pytest.mark.control("OST-BASE-09")

@@ -77,6 +77,14 @@ def test_apparmor_profile_reference_follows_the_data(prefix: Path) -> None:
     assert not any("AppArmorProfile" in text for text in files.values())
 
 
+def test_redis_units_never_dump_core(prefix: Path) -> None:
+    data = _redis_units(prefix)
+    for instance in common.REDIS_INSTANCES:
+        dropin = f"{redis_role.SYSTEMD_DIR}/ostiary-redis@{instance}.service.d/limits.conf"
+        limits = Path(common.host_path(data, dropin))
+        assert "LimitCORE=0" in limits.read_text().splitlines()
+
+
 def test_sizing_follows_host_memory(prefix: Path) -> None:
     data = host_data(redis_role, "single", "node1", prefix)
     for memory_mb, expected in ((4096, 1024), (8192, 2048), (32768, 8192)):
