@@ -57,7 +57,8 @@ def lynis_wanted(lab: Lab) -> None:
     accel = lab.require_state().accel
     if wanted == "0" or (wanted != "1" and accel != "kvm"):
         pytest.skip(
-            f"Lynis takes about 6 minutes per guest and phase under {accel} emulation: set {LYNIS_ENV}=1 to run it"
+            f"Lynis adds about 10 minutes per phase (three guests in parallel) under {accel} emulation: "
+            f"set {LYNIS_ENV}=1 to run it"
         )
 
 
