@@ -147,7 +147,7 @@ def context(
         # The ports other roles listen on, from the same data keys they read.
         # The port sshd listens on inside the host, never pyinfra's ssh_port: behind NAT or a
         # port forward the control node connects to another port than the one sshd receives on.
-        "ssh_port": int(getattr(data, "firewall_ssh_port", 0) or facts.get("server_port") or common.SSH_PORT),
+        "ssh_port": _port(data, "firewall_ssh_port", facts.get("server_port") or common.SSH_PORT),
         "https_port": _port(data, "gateway_https_port", common.GATEWAY_HTTPS_PORT),
         "daemon_port": _port(data, "sessiond_port", common.SESSIOND_PORT),
         "redis_ports": ",".join(str(redis_ports[name]) for name in common.REDIS_INSTANCES),
