@@ -35,6 +35,13 @@ if str(REPO_ROOT) not in sys.path:  # the bundle's modules (deploys.*) hold the 
 from deploys import common  # noqa: E402
 
 ROLE_MODULES = ("base", "chrony", "firewall", "apparmor", "keys", "redis", "sessiond", "gateway")
+# The bundle's long-running services, by the inventory group whose hosts run them (an image may
+# carry a package, such as nginx, on hosts where the bundle does not configure or start it).
+SERVICE_UNITS: Mapping[str, tuple[str, ...]] = {
+    common.GROUP_GATEWAYS: ("nginx.service",),
+    common.GROUP_SESSION_NODES: ("ostiary-sessiond.service",),
+    common.GROUP_REDIS_NODES: tuple(f"ostiary-redis@{name}.service" for name in common.REDIS_INSTANCES),
+}
 ALL_HOSTS = "all"
 PROBE_TIMEOUT = 3  # seconds for one TCP connect or TLS handshake between hosts
 

@@ -8,9 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from deploys import base as base_role
-from deploys import common
 
-from .support import Node, sysctl_values
+from .support import SERVICE_UNITS, Node, sysctl_values
 
 pytestmark = pytest.mark.role("all")
 
@@ -153,15 +152,6 @@ def test_entropy(node: Node, evidence: Callable[[str], None]) -> None:
     evidence(f"entropy_avail={bits}")
 
 
-# The bundle's long-running services, by the inventory group whose hosts run them (an image may
-# carry a package, such as nginx, on hosts where the bundle does not configure or start it).
-SERVICES = {
-    common.GROUP_GATEWAYS: ("nginx.service",),
-    common.GROUP_SESSION_NODES: ("ostiary-sessiond.service",),
-    common.GROUP_REDIS_NODES: ("ostiary-redis@sessions.service", "ostiary-redis@revocations.service"),
-}
-
-
 @pytest.mark.control("OST-BASE-09")
 def test_no_core_dumps(node: Node, evidence: Callable[[str], None]) -> None:
     if not node.data.get("core_dumps_disabled", base_role.DEFAULTS["core_dumps_disabled"]):
@@ -171,7 +161,7 @@ def test_no_core_dumps(node: Node, evidence: Callable[[str], None]) -> None:
     # Behaviour: this very SSH session went through PAM's limits, as an operator's login does.
     hard = node.check("ulimit -H -c").strip()
     assert hard == "0", f"hard core-size limit of a login session: {hard}"
-    units = [unit for group in sorted(node.groups) for unit in SERVICES.get(group, ())]
+    units = [unit for group in sorted(node.groups) for unit in SERVICE_UNITS.get(group, ())]
     limits = {u: node.check(f"systemctl show -p LimitCORE --value {u}").strip() for u in units}
     wrong = {u: v for u, v in limits.items() if v != "0"}
     assert not wrong, f"LimitCORE of the bundle's services: {wrong}"

@@ -26,7 +26,9 @@ from typing import Any
 import pytest
 from lab_probes import CA_CERT, GATEWAY, SNI_NAME
 
+from compliance.support import SERVICE_UNITS
 from ostiary.lab.vm import Lab
+from sslyze_support import scan_mozilla_modern
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DOC = REPO_ROOT / "docs" / "compliance-results.md"
@@ -65,12 +67,6 @@ def lynis_wanted(lab: Lab) -> None:
 HSTS_TWO_YEARS = 63072000
 DAEMON_EXPOSURE_MAX = 2.0
 UNSAFE_EXPOSURE = 9.0  # systemd's own bands: 9.0 and above is "UNSAFE"
-# The units the bundle installs or hardens, by the group that gets them.
-UNITS = {
-    "gateways": ["nginx.service"],
-    "session_nodes": ["ostiary-sessiond.service"],
-    "redis_nodes": ["ostiary-redis@sessions.service", "ostiary-redis@revocations.service"],
-}
 APPLIED_MARKER = "/etc/ostiary"  # the keys role creates it on every host: the bundle ran here
 
 
@@ -139,45 +135,13 @@ def test_lynis_before_bundle(lab: Lab, results: dict[str, Any], lab_times: dict[
 # sslyze's bundled trust stores contain a certificate with a negative serial number.
 @pytest.mark.filterwarnings("ignore:Parsed a serial number:cryptography.utils.CryptographyDeprecationWarning")
 def test_sslyze_mozilla_modern(applied_lab: Lab, results: dict[str, Any], tmp_path: Path) -> None:
-    from sslyze import (
-        CertificateInfoExtraArgument,
-        ScanCommand,
-        ScanCommandsExtraArguments,
-        Scanner,
-        ServerNetworkLocation,
-        ServerScanRequest,
-        ServerScanStatusEnum,
-    )
-    from sslyze.mozilla_tls_profile.tls_config_checker import (
-        SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
-        MozillaTlsConfiguration,
-        ServerNotCompliantWithTlsConfiguration,
-        TlsConfigurationEnum,
-        check_server_against_tls_configuration,
-    )
-
     port = applied_lab.require_state().host(GATEWAY).https_port
     assert port is not None, f"{GATEWAY} has no forwarded HTTPS port"
     ca = tmp_path / "lab-ca.crt"
     ca.write_text(applied_lab.ssh(GATEWAY, f"cat {CA_CERT}", check=True).stdout)
     t0 = time.monotonic()
-    request = ServerScanRequest(
-        server_location=ServerNetworkLocation(SNI_NAME, port, ip_address="127.0.0.1"),
-        scan_commands={*SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER, ScanCommand.HTTP_HEADERS},
-        scan_commands_extra_arguments=ScanCommandsExtraArguments(
-            certificate_info=CertificateInfoExtraArgument(custom_ca_file=ca)
-        ),
-    )
-    scanner = Scanner()
-    scanner.queue_scans([request])
-    (result,) = list(scanner.get_results())
+    result, issues = scan_mozilla_modern(SNI_NAME, port, ca, http_headers=True)
     seconds = round(time.monotonic() - t0, 1)
-    assert result.scan_status == ServerScanStatusEnum.COMPLETED, f"sslyze could not scan {GATEWAY}: {result}"
-    issues: dict[str, str] = {}
-    try:
-        check_server_against_tls_configuration(result, MozillaTlsConfiguration.get(TlsConfigurationEnum.MOZILLA_MODERN))
-    except ServerNotCompliantWithTlsConfiguration as exc:
-        issues = dict(exc.issues)
     scan = result.scan_result
     assert scan is not None
     accepted = sorted(c.cipher_suite.name for c in scan.tls_1_3_cipher_suites.result.accepted_cipher_suites)  # type: ignore[union-attr]
@@ -217,7 +181,7 @@ def test_systemd_analyze_security(applied_lab: Lab, results: dict[str, Any]) -> 
     scores: dict[str, dict[str, float]] = {}
     for name, host in sorted(state.hosts.items()):
         for group in host.groups:
-            for unit in UNITS.get(group, []):
+            for unit in SERVICE_UNITS.get(group, ()):
                 scores.setdefault(name, {})[unit] = _exposure(applied_lab, name, unit)
     results["systemd"] = scores
     print("systemd-analyze security: " + "; ".join(f"{h} {u} {s}" for h, us in scores.items() for u, s in us.items()))

@@ -34,6 +34,7 @@ from deploys import common, gateway, keys, sessiond
 from ostiary.acl import SESSIOND_USERNAME, sessiond_acl_rule
 from ostiary.keystore import ControlKeyStore
 from ostiary.localstack import ostiary_command
+from sslyze_support import scan_mozilla_modern
 
 HOST = "gw-native"
 SUBJECT = "alice@example.test"
@@ -272,40 +273,9 @@ def test_tls12_handshake_refused(gw: Stack) -> None:
 # sslyze's own bundled trust stores hold a certificate with a negative serial number.
 @pytest.mark.filterwarnings("ignore:Parsed a serial number:cryptography.utils.CryptographyDeprecationWarning")
 def test_sslyze_mozilla_modern(gw: Stack) -> None:
-    from sslyze import (
-        CertificateInfoExtraArgument,
-        ScanCommandsExtraArguments,
-        Scanner,
-        ServerNetworkLocation,
-        ServerScanRequest,
-        ServerScanStatusEnum,
-    )
-    from sslyze.mozilla_tls_profile.tls_config_checker import (
-        SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
-        MozillaTlsConfiguration,
-        ServerNotCompliantWithTlsConfiguration,
-        TlsConfigurationEnum,
-        check_server_against_tls_configuration,
-    )
-
-    request = ServerScanRequest(
-        server_location=ServerNetworkLocation("localhost", gw.https_port, ip_address="127.0.0.1"),
-        scan_commands=SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
-        scan_commands_extra_arguments=ScanCommandsExtraArguments(
-            certificate_info=CertificateInfoExtraArgument(custom_ca_file=gw.ca_file)
-        ),
-    )
-    scanner = Scanner()
-    scanner.queue_scans([request])
-    results = list(scanner.get_results())
-    assert len(results) == 1 and results[0].scan_status == ServerScanStatusEnum.COMPLETED, results
-    try:
-        check_server_against_tls_configuration(
-            results[0], MozillaTlsConfiguration.get(TlsConfigurationEnum.MOZILLA_MODERN)
-        )
-    except ServerNotCompliantWithTlsConfiguration as exc:
-        pytest.fail(f"not Mozilla modern: {exc.issues}")
-    tls13 = results[0].scan_result.tls_1_3_cipher_suites.result  # type: ignore[union-attr]
+    result, issues = scan_mozilla_modern("localhost", gw.https_port, gw.ca_file)
+    assert not issues, f"not Mozilla modern: {issues}"
+    tls13 = result.scan_result.tls_1_3_cipher_suites.result  # type: ignore[union-attr]
     accepted = {c.cipher_suite.name for c in tls13.accepted_cipher_suites}
     assert accepted == {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
 
