@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "sessiond_clock_skew": 60,
     "sessiond_store_timeout": 0.25,
     "sessiond_store_pool_size": 64,
+    "sessiond_store_warm_connections": 4,
     "sessiond_latency_budget_ms": 5.0,
     "sessiond_cache_ttl": 2.0,
     "sessiond_cache_max_entries": 100000,
@@ -80,6 +81,8 @@ SETTINGS_DOC: dict[str, str] = {
     "sessiond_clock_skew": "Leeway in seconds for exp/nbf/iat (the daemon refuses more than 300).",
     "sessiond_store_timeout": "Seconds per store operation; slower answers fail closed with 503.",
     "sessiond_store_pool_size": "Redis connections per store and worker.",
+    "sessiond_store_warm_connections": "Connections per store and worker opened at start-up, so that "
+    "requests never wait for a connection to be set up (at most sessiond_store_pool_size).",
     "sessiond_latency_budget_ms": "Store P99 budget checked by 'ostiary doctor'.",
     "sessiond_cache_ttl": "Seconds a validation result is reused locally (0 disables, at most 5).",
     "sessiond_cache_max_entries": "Entries in the local validation cache.",
@@ -109,8 +112,8 @@ def workers(data: Any, cpus: int) -> int:
 
 
 def limit_nofile(data: Any, cpus: int) -> int:
-    """Every worker's clients plus its two store pools, plus a reserve."""
-    per_worker = int(data.sessiond_connections_per_worker) + 2 * int(data.sessiond_store_pool_size)
+    """Every worker's clients, its two store pools and its revocation subscription, plus a reserve."""
+    per_worker = int(data.sessiond_connections_per_worker) + 2 * int(data.sessiond_store_pool_size) + 1
     return workers(data, cpus) * per_worker + FD_RESERVE
 
 
@@ -141,6 +144,7 @@ def _store(data: Any, facts: Mapping[str, Any]) -> dict[str, Any]:
             "password_file": common.host_path(data, common.SESSIOND_REDIS_PASSWORD_FILE),
             "timeout": float(data.sessiond_store_timeout),
             "pool_size": int(data.sessiond_store_pool_size),
+            "warm_connections": int(data.sessiond_store_warm_connections),
             "latency_budget_ms": float(data.sessiond_latency_budget_ms),
         }
     )

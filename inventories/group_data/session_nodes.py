@@ -41,6 +41,10 @@ sessiond_store_timeout = 0.25
 # Redis connections per store and worker.
 sessiond_store_pool_size = 64
 
+# Connections per store and worker opened at start-up, so that requests never wait for a connection
+# to be set up (at most sessiond_store_pool_size).
+sessiond_store_warm_connections = 4
+
 # Store P99 budget checked by 'ostiary doctor'.
 sessiond_latency_budget_ms = 5.0
 

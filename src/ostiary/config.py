@@ -116,6 +116,7 @@ class StoreSettings(_Section):
     password_file: str = ""
     timeout: float = Field(0.25, gt=0, le=10)
     pool_size: int = Field(64, ge=1, le=10000)
+    warm_connections: int = Field(4, ge=0, le=10000)
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -130,6 +131,12 @@ class StoreSettings(_Section):
             raise ValueError(f"store URL must start with one of {', '.join(schemes)} (Sentinel and Cluster "
                              "are not supported yet)")
         return value
+
+    @model_validator(mode="after")
+    def _warm_within_pool(self) -> StoreSettings:
+        if self.warm_connections > self.pool_size:
+            raise ValueError(f"warm_connections ({self.warm_connections}) must not exceed pool_size ({self.pool_size})")
+        return self
 
 
 class CacheSettings(_Section):

@@ -89,3 +89,10 @@ def daemon_setting(lab: Lab, section: str, key: str, default: Any) -> Any:
 
     config = tomllib.loads(lab.ssh(SESSION_NODE, f"cat {DAEMON_CONFIG}", check=True).stdout)
     return config.get(section, {}).get(key, default)
+
+
+def daemon_warm_up(lab: Lab) -> str:
+    """The daemon's last start-up report of its store connections (``stores_warm*`` log lines)."""
+    command = "journalctl -u ostiary-sessiond -o cat --no-pager | grep -F '\"stores_warm' | tail -n 2"
+    proc = lab.ssh(SESSION_NODE, command, timeout=60)
+    return proc.stdout.strip() or "(no stores_warm line in the daemon's journal)"

@@ -13,7 +13,18 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from lab_probes import GATEWAY, REDIS_NODE, SESSION_NODE, Answer, Gateway, admin, daemon_setting, doctor, issue
+from lab_probes import (
+    GATEWAY,
+    REDIS_NODE,
+    SESSION_NODE,
+    Answer,
+    Gateway,
+    admin,
+    daemon_setting,
+    daemon_warm_up,
+    doctor,
+    issue,
+)
 
 from ostiary.lab.vm import Lab
 from ostiary.sessiond.cache import HEALTH_WINDOW
@@ -59,6 +70,9 @@ def _until_not(gateway: Gateway, token: str, unwanted: int, seconds: float) -> t
 
 
 def test_issue_and_call_protected_location(applied_lab: Lab, gateway: Gateway) -> None:
+    # The first request after the apply's restart must find its store connections open (a TCG guest
+    # needs seconds to set one up, more than the lab's store.timeout): show what start-up opened.
+    print(f"flow: {SESSION_NODE} daemon start-up: {daemon_warm_up(applied_lab)}")
     subject = _subject()
     session = issue(applied_lab, subject)
     answer = gateway.get(session["token"])

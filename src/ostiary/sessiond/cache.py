@@ -18,6 +18,9 @@ from .obs import AuditLog, Metrics
 from .store import CHANNEL, Stores
 
 PING_INTERVAL = 0.5
+# Subscribing includes opening the connection (TCP, TLS, HELLO/AUTH), which takes seconds on a slow
+# (emulated) host; the cache stays off meanwhile, so a long bound costs nothing but cache hits.
+SUBSCRIBE_TIMEOUT = 10.0
 HEALTH_WINDOW = 1.5  # no message or pong for this long: the subscription counts as down
 
 
@@ -150,9 +153,10 @@ class RevocationListener:
     async def _run(self) -> None:
         backoff = 0.2
         while True:
-            pubsub = self.stores.revocations.pubsub()
+            client = self.stores.new_subscriber(SUBSCRIBE_TIMEOUT)
+            pubsub = client.pubsub()
             try:
-                async with asyncio.timeout(max(self.stores.settings.timeout, 1.0)):
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                     await pubsub.subscribe(CHANNEL)
                 self._last_alive = time.monotonic()
                 self.cache.set_enabled(True)
@@ -172,14 +176,20 @@ class RevocationListener:
                         raise TimeoutError("no pong from the revocation store")
             except asyncio.CancelledError:
                 self.cache.set_enabled(False)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await _discard(pubsub, client)
                 raise
             except Exception as exc:  # any failure: the cache must not be trusted
                 if self.cache.enabled:
                     self.log.warning("revocation_subscription_down", error=f"{type(exc).__name__}: {exc}")
                 self.cache.set_enabled(False)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 0.5)  # type: ignore[no-untyped-call]
+                await _discard(pubsub, client)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+
+async def _discard(pubsub: Any, client: Any) -> None:
+    """Close one attempt's subscription and its pool, whatever state they are in (bounded)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pubsub.aclose(), 0.5)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.connection_pool.disconnect(), 0.5)

@@ -118,6 +118,20 @@ class Daemon:
             raise StartupError(f"the revocation store runs maxmemory-policy {policy!r}; it must be 'noeviction' "
                                "so that no revocation is ever evicted")  # fmt: skip
         self.log.info("stores_checked", revocations_policy=policy, sessions_policy=session_policy)
+        await self.warm_stores()
+
+    async def warm_stores(self) -> None:
+        """Open the pools' further connections now, not on the request path (best effort)."""
+        count = self.settings.store.warm_connections
+        started = time.monotonic()
+        try:
+            await self.stores.warm(count, STARTUP_STORE_TIMEOUT)
+        except TokenFault as exc:
+            # Not a reason to refuse to run: a request that finds no open connection opens one itself.
+            self.log.warning("stores_warm_incomplete", fault=exc.code, detail=exc.detail, wanted=count,
+                             remedy="requests open the missing connections; check the stores' latency")  # fmt: skip
+            return
+        self.log.info("stores_warm", connections=count, seconds=round(time.monotonic() - started, 3))
 
     async def ready(self) -> dict[str, dict[str, Any]]:
         checks: dict[str, dict[str, Any]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -55,13 +56,14 @@ class StoreFault(TokenFault):
     pass
 
 
-def make_client(url: str, settings: StoreSettings, *, pool_size: int | None = None) -> aioredis.Redis:
+def make_client(url: str, settings: StoreSettings, *, pool_size: int | None = None,
+                connect_timeout: float | None = None, client_name: str | None = None) -> aioredis.Redis:
     """A RESP3 client with a blocking pool; credentials and TLS files from the settings."""
     kwargs: dict[str, Any] = {
         # No per-read timer: every call already runs inside asyncio.timeout(store.timeout) (Stores.call),
         # and a second timer per read and write costs CPU on the hot path.
         "socket_timeout": None,
-        "socket_connect_timeout": settings.timeout,
+        "socket_connect_timeout": connect_timeout or settings.timeout,
         "max_connections": pool_size or settings.pool_size,
         "timeout": settings.timeout,  # wait for a free pooled connection at most this long
         "protocol": 3,
@@ -71,6 +73,8 @@ def make_client(url: str, settings: StoreSettings, *, pool_size: int | None = No
         "retry": Retry(NoBackoff(), 1),
         "retry_on_error": [rexc.ConnectionError],
     }
+    if client_name:
+        kwargs["client_name"] = client_name  # shown by CLIENT LIST: which daemon process, which pool
     if settings.username and not urlsplit(url).username:
         kwargs["username"] = settings.username
     if settings.password_file:
@@ -88,15 +92,42 @@ def make_client(url: str, settings: StoreSettings, *, pool_size: int | None = No
 
 
 class Stores:
+    """The request pools of both stores; the revocation channel's subscriber gets a client of its own.
+
+    A subscription holds its connection for as long as it lives. Taken from the request pool, it
+    would leave the first request to open a fresh one (TCP, TLS, HELLO/AUTH) inside ``store.timeout``.
+    """
+
     def __init__(self, settings: StoreSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.sessions = make_client(settings.sessions_url, settings)
-        self.revocations = make_client(settings.revocations_url, settings)
+        self.client_name = f"ostiary-sessiond-{os.getpid()}"
+        self.sessions = make_client(settings.sessions_url, settings, client_name=self.client_name)
+        self.revocations = make_client(settings.revocations_url, settings, client_name=self.client_name)
+
+    def new_subscriber(self, connect_timeout: float) -> aioredis.Redis:
+        """A one-connection client for one subscription attempt; its owner closes its pool."""
+        return make_client(self.settings.revocations_url, self.settings, pool_size=1,
+                           connect_timeout=connect_timeout, client_name=f"{self.client_name}-sub")  # fmt: skip
 
     async def close(self) -> None:
         await self.sessions.aclose()
         await self.revocations.aclose()
+
+    async def warm(self, count: int, budget: float) -> None:
+        """Open ``count`` connections per store now, so that requests find them set up.
+
+        Concurrent PINGs each take their own connection from the pool; every one goes back to the
+        pool afterwards and stays open (the stores run ``timeout 0``).
+        """
+        if count <= 0:
+            return
+        for store, client in (("sessions", self.sessions), ("revocations", self.revocations)):
+
+            async def pings(client: aioredis.Redis = client) -> None:
+                await asyncio.gather(*(client.ping() for _ in range(count)))
+
+            await self.call(store, "warm", pings, budget)
 
     async def call(self, store: str, op: str, fn: Callable[[], Awaitable[T]], budget: float | None = None) -> T:
         """Run one store operation within ``store.timeout`` (or ``budget``); every failure is a 503 fault."""
