@@ -3,6 +3,8 @@
 Run: .venv/bin/python bench/choices.py
 - HTTP server: uvicorn with httptools vs uvicorn with h11, a minimal ASGI answer, wrk on loopback.
 - Redis client: redis-py asyncio with hiredis vs its pure-Python RESP3 parser, sequential GETs.
+- Redis TLS connection set-up: redis-py's own per-connection TLS context vs the daemon's shared one
+  (TLS 1.3, client certificate), with ``ssl.create_default_context()`` alone as the reference.
 Everything runs on 127.0.0.1 and stops by itself.
 """
 
@@ -89,13 +91,75 @@ def redis_clients(tmp: Path) -> list[tuple[str, float]]:
         proc.wait(10)
 
 
+async def tls_connects(port: int, files: dict[str, str], shared: bool, n: int = 40) -> float:
+    """Mean ms for a new client to open one TLS connection and PING."""
+    import redis.asyncio as aioredis
+
+    from ostiary.config import StoreSettings
+    from ostiary.sessiond.store import make_client, tls_context
+
+    url = f"rediss://127.0.0.1:{port}/0"
+    settings = StoreSettings.model_validate({"sessions_url": url, "revocations_url": url, "timeout": 5.0,
+                                             "tls_ca_file": files["ca"], "tls_cert_file": files["cert"],
+                                             "tls_key_file": files["key"]})  # fmt: skip
+    context = tls_context(settings)
+    started = time.perf_counter()
+    for _ in range(n):
+        if shared:
+            client = make_client(url, settings, pool_size=1, ssl_context=context)
+        else:
+            client = aioredis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=files["ca"],
+                                    ssl_certfile=files["cert"], ssl_keyfile=files["key"], protocol=3)  # fmt: skip
+        await client.ping()
+        await client.connection_pool.disconnect()
+        await client.aclose()
+    return (time.perf_counter() - started) / n * 1000
+
+
+def tls_connections(tmp: Path) -> list[tuple[str, float]]:
+    import ssl
+    import timeit
+
+    from ostiary.keystore import ControlKeyStore
+
+    store = ControlKeyStore(tmp / "keystore", b"bench-only-passphrase")
+    server_cert, server_key = store.certificate("redis", ["127.0.0.1"], "server")
+    client_cert, client_key = store.certificate("sessiond", ["sessiond"], "client")
+    files: dict[str, str] = {}
+    pem = {"ca": store.ca_certificate(), "server.crt": server_cert, "server.key": server_key,
+           "cert": client_cert, "key": client_key}  # fmt: skip
+    for name, data in pem.items():
+        (tmp / name).write_bytes(data)
+        (tmp / name).chmod(0o600)
+        files[name] = str(tmp / name)
+    port = find_free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                             "--tls-cert-file", files["server.crt"], "--tls-key-file", files["server.key"],
+                             "--tls-ca-cert-file", files["ca"], "--tls-auth-clients", "yes",
+                             "--tls-protocols", "TLSv1.3", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        default_ms = timeit.timeit(ssl.create_default_context, number=20) / 20 * 1000
+        return [
+            ("ssl.create_default_context() alone: loads the system CA store (ms)", default_ms),
+            ("new TLS 1.3 connection + PING, redis-py's per-connection context (ms)",
+             asyncio.run(tls_connects(port, files, shared=False))),
+            ("new TLS 1.3 connection + PING, the daemon's shared context (ms)",
+             asyncio.run(tls_connects(port, files, shared=True))),
+        ]  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
 def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: run scripts/setup.sh")
     tmp = Path(tempfile.mkdtemp(prefix="ostiary-choices-"))
     print(f"| measurement (nproc {os.cpu_count()}) | value |")
     print("|---|---:|")
-    for name, value in http_servers(tmp) + redis_clients(tmp):
+    for name, value in http_servers(tmp) + redis_clients(tmp) + tls_connections(tmp):
         print(f"| {name} | {value:,.1f} |")
     shutil.rmtree(tmp, ignore_errors=True)
 

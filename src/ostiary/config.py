@@ -10,6 +10,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -130,6 +131,10 @@ class StoreSettings(_Section):
         if not value.startswith(schemes):
             raise ValueError(f"store URL must start with one of {', '.join(schemes)} (Sentinel and Cluster "
                              "are not supported yet)")
+        tls_options = sorted(k for k, _ in parse_qsl(urlsplit(value).query) if k.lower().startswith("ssl"))
+        if tls_options:
+            raise ValueError(f"TLS options in the store URL ({', '.join(tls_options)}) are not used: set "
+                             "store.tls_ca_file, store.tls_cert_file and store.tls_key_file instead")
         return value
 
     @model_validator(mode="after")

@@ -44,6 +44,7 @@ def test_defaults_match_the_documented_contract() -> None:
         ("[tokens]\nttl = \"soon\"\n", "tokens.ttl"),
         ("[store]\npool_size = 8\nwarm_connections = 9\n", "warm_connections"),
         ("[store]\nwarm_connections = -1\n", "store.warm_connections"),
+        ("[store]\nsessions_url = \"rediss://h:6390/0?ssl_cert_reqs=none\"\n", "ssl_cert_reqs"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(tmp_path: Path, toml: str, needle: str) -> None:
