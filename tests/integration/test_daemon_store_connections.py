@@ -9,10 +9,16 @@ subscription, which holds its connection for good, has a connection of its own. 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections import Counter
 
+import pytest
+
+from ostiary.config import load_settings
 from ostiary.localstack import Daemon, LocalStack, RedisServer
+from ostiary.sessiond import server
 
 WARM = 3
 
@@ -68,3 +74,34 @@ def test_no_warm_connections_means_lazy_pools(stack: LocalStack) -> None:
         assert _connections(revocations, daemon) == Counter({"pool": 1, "-sub": 1})
     finally:
         daemon.stop()
+
+
+def test_a_warm_up_that_runs_out_of_time_is_logged_and_start_up_goes_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store that stops answering after the start-up check: the warm-up gives up, says so, and
+    the worker still starts (a request would open its own connection)."""
+    monkeypatch.setattr(server, "STARTUP_STORE_TIMEOUT", 1.0)
+    with LocalStack() as own:  # its store is frozen below, which must not disturb other modules
+        config = own.prepare_daemon(store={"warm_connections": 3}).config_path
+        worker = server.Daemon(config, load_settings(config))
+        sessions, _ = own.stores()
+
+        async def start_up() -> float:
+            try:
+                await worker.check_stores()  # the eviction check and a first warm-up: the store answers
+                sessions.pause()
+                started = time.monotonic()
+                await worker.warm_stores()  # again, with the store frozen: must return, not raise
+                return time.monotonic() - started
+            finally:
+                sessions.resume()
+                await worker.stores.close()
+
+        elapsed = asyncio.run(start_up())
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    warm = [e for e in events if e["event"].startswith("stores_warm")]
+    assert [e["event"] for e in warm] == ["stores_warm", "stores_warm_incomplete"], events
+    assert warm[0]["connections"] == 3
+    assert warm[1]["fault"] == "SESSION_STORE_LATENCY" and warm[1]["wanted"] == 3 and warm[1]["remedy"]
+    assert elapsed < 3.0, f"the warm-up took {elapsed:.1f} s against its 1 s bound"
