@@ -31,7 +31,8 @@ def _connections(server: RedisServer, daemon: Daemon) -> Counter[str]:
         names = [str(c.get("name", "")) for c in client.client_list()]
     finally:
         client.close()
-    return Counter(name.removeprefix(prefix) or "pool" for name in names if name.startswith(prefix))
+    kinds = {prefix: "pool", f"{prefix}-sub": "-sub"}  # exact names: pid 12 must not count pid 123's
+    return Counter(kinds[name] for name in names if name in kinds)
 
 
 def _subscribed(daemon: Daemon, timeout: float = 10.0) -> None:
