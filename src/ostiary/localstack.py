@@ -310,6 +310,43 @@ class RedisServer:
         self.start(timeout=timeout)
 
 
+class TlsRedisServer:
+    """A TLS-only ``redis-server`` on 127.0.0.1, as the bundle runs it: TLS 1.3, client certificates
+    from ``client_ca`` required, no plaintext port, no persistence. PEM data is written into ``dir``."""
+
+    def __init__(self, dir: Path, *, cert: bytes, key: bytes, client_ca: bytes, timeout: float = 10) -> None:
+        dir.mkdir(parents=True, exist_ok=True)
+        for name, data in (("server.crt", cert), ("server.key", key), ("client-ca.crt", client_ca)):
+            (dir / name).write_bytes(data)
+        (dir / "server.key").chmod(0o600)
+        self.port = find_free_port()
+        self.log_path = dir / "redis.log"
+        self._proc = subprocess.Popen(
+            [_redis_server_binary(), "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(self.port),
+             "--tls-cert-file", str(dir / "server.crt"), "--tls-key-file", str(dir / "server.key"),
+             "--tls-ca-cert-file", str(dir / "client-ca.crt"), "--tls-auth-clients", "yes",
+             "--tls-protocols", "TLSv1.3", "--save", "", "--appendonly", "no", "--dir", str(dir),
+             "--logfile", str(self.log_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError as exc:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise StackError(f"redis-server (TLS) did not start: {_log_tail(self.log_path)}") from exc
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.terminate()
+            _wait_process(self._proc, timeout)
+
+
 def start_store_pair(
     workdir: Path, *, session_maxmemory: str = "64mb", revocation_maxmemory: str = "64mb"
 ) -> tuple[RedisServer, RedisServer]:

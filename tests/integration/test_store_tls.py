@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,47 +18,11 @@ import pytest
 
 from ostiary.config import StoreSettings
 from ostiary.keystore import ControlKeyStore
-from ostiary.localstack import find_free_port
+from ostiary.localstack import TlsRedisServer
 from ostiary.sessiond.obs import Metrics
 from ostiary.sessiond.store import StoreFault, Stores
 
 PASSPHRASE = b"store-tls-test-passphrase"
-
-
-class TlsRedis:
-    """A TLS-only redis-server on 127.0.0.1 with the given server certificate."""
-
-    def __init__(self, workdir: Path, cert: bytes, key: bytes, client_ca: bytes) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        for name, data in (("server.crt", cert), ("server.key", key), ("client-ca.crt", client_ca)):
-            (workdir / name).write_bytes(data)
-        (workdir / "server.key").chmod(0o600)
-        self.port = find_free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(self.port),
-             "--tls-cert-file", str(workdir / "server.crt"), "--tls-key-file", str(workdir / "server.key"),
-             "--tls-ca-cert-file", str(workdir / "client-ca.crt"), "--tls-auth-clients", "yes",
-             "--tls-protocols", "TLSv1.3", "--save", "", "--appendonly", "no", "--dir", str(workdir),
-             "--logfile", str(workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError as exc:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    log_file = workdir / "redis.log"
-                    log = log_file.read_text() if log_file.exists() else "(no log written)"
-                    raise RuntimeError(f"redis-server (TLS) did not start: {log}") from exc
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +45,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | bytes]:
     return files
 
 
-def _server(pki: dict[str, Path | bytes], ca: str, workdir: Path) -> TlsRedis:
+def _server(pki: dict[str, Path | bytes], ca: str, workdir: Path) -> TlsRedisServer:
     cert, key, client_ca = pki[f"{ca}_server_cert"], pki[f"{ca}_server_key"], pki["ours_ca"]
     assert isinstance(cert, bytes) and isinstance(key, bytes) and isinstance(client_ca, Path)
-    return TlsRedis(workdir, cert, key, client_ca.read_bytes())
+    return TlsRedisServer(workdir, cert=cert, key=key, client_ca=client_ca.read_bytes())
 
 
 @pytest.fixture(scope="module")
-def our_server(pki: dict[str, Path | bytes], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
+def our_server(pki: dict[str, Path | bytes], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedisServer]:
     server = _server(pki, "ours", tmp_path_factory.mktemp("redis-ours"))
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def other_server(pki: dict[str, Path | bytes], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
+def other_server(pki: dict[str, Path | bytes], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedisServer]:
     server = _server(pki, "other", tmp_path_factory.mktemp("redis-other"))
     yield server
     server.stop()
@@ -120,7 +82,7 @@ async def _ping_both(stores: Stores, warm: int = 0) -> None:
 
 
 def test_connections_share_one_context_and_never_build_a_default_one(
-    pki: dict[str, Path | bytes], our_server: TlsRedis, monkeypatch: pytest.MonkeyPatch
+    pki: dict[str, Path | bytes], our_server: TlsRedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stores = Stores(_settings(pki, our_server.port), Metrics())
     assert stores.ssl_context is not None and stores.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_3
@@ -133,7 +95,7 @@ def test_connections_share_one_context_and_never_build_a_default_one(
 
 
 def test_a_certificate_from_another_ca_is_refused_even_if_the_system_trusts_it(
-    pki: dict[str, Path | bytes], other_server: TlsRedis, monkeypatch: pytest.MonkeyPatch
+    pki: dict[str, Path | bytes], other_server: TlsRedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The other CA is now the process's system CA store: a context loading default certificates
     # (as ssl.create_default_context does) would accept the server.
