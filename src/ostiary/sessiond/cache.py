@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .obs import AuditLog, Metrics
-from .store import CHANNEL, Stores
+from .store import CHANNEL, Stores, close_client
 
 PING_INTERVAL = 0.5
 # Subscribing includes opening the connection (TCP, TLS, HELLO/AUTH), which takes seconds on a slow
@@ -188,8 +188,7 @@ class RevocationListener:
 
 
 async def _discard(pubsub: Any, client: Any) -> None:
-    """Close one attempt's subscription and its pool, whatever state they are in (bounded)."""
+    """Close one attempt's subscription and its client, whatever state they are in (bounded)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(pubsub.aclose(), 0.5)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.connection_pool.disconnect(), 0.5)
+    await close_client(client, 0.5)

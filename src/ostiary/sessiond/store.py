@@ -125,8 +125,14 @@ def make_client(url: str, settings: StoreSettings, *, pool_size: int | None = No
     if url.startswith("rediss://"):
         kwargs["connection_class"] = SharedContextSSLConnection
         kwargs["shared_ssl_context"] = ssl_context or tls_context(settings)
-    pool = aioredis.BlockingConnectionPool(**kwargs)
-    return aioredis.Redis(connection_pool=pool)
+    # The client owns its pool: closing the client closes the pool's connections.
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool(**kwargs))
+
+
+async def close_client(client: aioredis.Redis, bound: float) -> None:
+    """Close ``client`` and its connections within ``bound`` seconds, whatever state they are in."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.aclose(), bound)
 
 
 class Stores:
@@ -140,8 +146,8 @@ class Stores:
         self.settings = settings
         self.metrics = metrics
         self.client_name = f"ostiary-sessiond-{os.getpid()}"
-        tls_urls = [u for u in (settings.sessions_url, settings.revocations_url) if u.startswith("rediss://")]
-        self.ssl_context = tls_context(settings) if tls_urls else None
+        tls = any(u.startswith("rediss://") for u in (settings.sessions_url, settings.revocations_url))
+        self.ssl_context = tls_context(settings) if tls else None
         self.sessions = make_client(settings.sessions_url, settings, client_name=self.client_name,
                                     ssl_context=self.ssl_context)  # fmt: skip
         self.revocations = make_client(settings.revocations_url, settings, client_name=self.client_name,
@@ -155,9 +161,7 @@ class Stores:
     async def close(self) -> None:
         """Close both pools' connections (bounded: a hung store must not hold up a shutdown)."""
         for client in (self.sessions, self.revocations):
-            await client.aclose()
-            with contextlib.suppress(Exception):  # the pool was handed in, so aclose leaves it open
-                await asyncio.wait_for(client.connection_pool.disconnect(), 2.0)
+            await close_client(client, 2.0)
 
     async def warm(self, count: int, budget: float) -> None:
         """Open ``count`` connections per store now, so that requests find them set up.
