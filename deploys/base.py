@@ -29,7 +29,7 @@ JOURNALD_DROPIN: Final = "/etc/systemd/journald.conf.d/ostiary.conf"
 JOURNAL_DIR: Final = "/var/log/journal"
 MODPROBE_FILE: Final = "/etc/modprobe.d/ostiary-protocols.conf"
 CORE_LIMITS_FILE: Final = "/etc/security/limits.d/ostiary-no-core.conf"
-# Protocols a session-layer host never speaks; each has had remotely reachable kernel bugs.
+# A kernel module name, as each disabled_protocols entry lands in a modprobe.d line.
 PROTOCOL_NAME: Final = re.compile(r"^[a-z0-9_]{1,32}$")
 
 # Keys that exist only when the kernel was built with a feature. The file marks them with sysctl.d's
@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "sysctl_ptrace_scope": 2,
     "sysctl_extra": {},
     "thp_disabled": True,
+    # Protocols a session-layer host never speaks; each has had remotely reachable kernel bugs.
     "disabled_protocols": ["dccp", "sctp", "rds", "tipc"],
     "core_dumps_disabled": True,
     "ssh_permit_root_login": "prohibit-password",

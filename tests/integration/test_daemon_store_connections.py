@@ -90,7 +90,8 @@ def test_a_warm_up_that_runs_out_of_time_is_logged_and_start_up_goes_on(
 
         async def start_up() -> float:
             try:
-                await worker.check_stores()  # the eviction check and a first warm-up: the store answers
+                await worker.check_stores()  # the eviction check passes: the store answers
+                await worker.warm_stores()  # as at start-up
                 sessions.pause()
                 started = time.monotonic()
                 await worker.warm_stores()  # again, with the store frozen: must return, not raise

@@ -118,7 +118,6 @@ class Daemon:
             raise StartupError(f"the revocation store runs maxmemory-policy {policy!r}; it must be 'noeviction' "
                                "so that no revocation is ever evicted")  # fmt: skip
         self.log.info("stores_checked", revocations_policy=policy, sessions_policy=session_policy)
-        await self.warm_stores()
 
     async def warm_stores(self) -> None:
         """Open the pools' further connections now, not on the request path (best effort)."""
@@ -181,6 +180,7 @@ class Daemon:
     async def run(self, sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
         """Serve until SIGTERM. ``sockets`` are pre-bound by a supervisor that owns them (workers > 1)."""
         await self.check_stores()
+        await self.warm_stores()
         owns_sockets = sockets is None
         if sockets is None:
             sockets = (bind(self.settings.server.listen, self.settings.server.socket_mode),
