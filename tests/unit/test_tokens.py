@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ostiary import keys
 from ostiary.faults import FAULTS, TokenFault
+from ostiary.sessiond.service import new_session_id
 from ostiary.tokens import opaque
 from ostiary.tokens.jwt import JwtPolicy, parse_compact, sign_jwt, verify_jwt
 
@@ -174,3 +175,12 @@ def test_fault_table_statuses() -> None:
     assert {c for c, f in FAULTS.items() if f.status == 403} == {"SIG_MISMATCH", "REVOKED"}
     assert {c for c, f in FAULTS.items() if f.status == 503} == {"REDIS_CONN_REFUSED", "SESSION_STORE_LATENCY"}
     assert all(f.remedy and f.meaning for f in FAULTS.values())
+
+
+def test_session_ids_never_start_with_a_dash() -> None:
+    """A leading '-' would read as an option on a command line (`ostiary sessions revoke ID`)."""
+    ids = [new_session_id() for _ in range(5000)]  # one in 64 would start with '-' if drawn plainly
+    assert [i for i in ids if i.startswith("-")] == []
+    assert all(len(i) == 22 and len(keys.b64url_decode(i)) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert len({i[0] for i in ids}) == 63, "every other first character still occurs"
